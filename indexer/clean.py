@@ -1,0 +1,64 @@
+"""Prompt cleaning and exact (case- and whitespace-insensitive) deduplication."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+_WS = re.compile(r"\s+")
+
+
+def clean_prompt(value: Any) -> str | None:
+    """Strip and collapse whitespace; ``None`` for non-strings and empty results."""
+    if not isinstance(value, str):
+        return None
+    text = _WS.sub(" ", value).strip()
+    return text or None
+
+
+def dedup_key(text: str) -> bytes:
+    """Key under which two cleaned prompts count as the same: casefolded, 16-byte digest."""
+    return hashlib.blake2b(text.casefold().encode("utf-8"), digest_size=16).digest()
+
+
+@dataclass
+class CleanStats:
+    values_read: int = 0
+    not_text: int = 0
+    empty: int = 0
+    exact_duplicates: int = 0
+    unique: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ExactDeduper:
+    """Keeps the first occurrence of each prompt; memory is 16 bytes per unique prompt plus set overhead."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+        self.stats = CleanStats()
+
+    def feed(self, values: Iterable[Any]) -> list[str]:
+        out = []
+        st = self.stats
+        for v in values:
+            st.values_read += 1
+            text = clean_prompt(v)
+            if text is None:
+                if isinstance(v, str):
+                    st.empty += 1
+                else:
+                    st.not_text += 1
+                continue
+            key = dedup_key(text)
+            if key in self._seen:
+                st.exact_duplicates += 1
+                continue
+            self._seen.add(key)
+            st.unique += 1
+            out.append(text)
+        return out

@@ -1,0 +1,46 @@
+"""Build options: one frozen, validated dataclass, recorded in the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nearest_prompt.clip import DEFAULT_CLIP
+from nearest_prompt.errors import InputError
+from nearest_prompt.minilm import DEFAULT_MINILM
+
+DEFAULT_NEAR_DUP_THRESHOLD = 0.95
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    clip_model: str = DEFAULT_CLIP
+    clip_pretrained: str | None = None  # None: the default tag for the default model
+    minilm_model: str = DEFAULT_MINILM
+    column: str | None = None  # None: "prompt" for parquet, CSV and JSONL
+    limit: int | None = None  # keep the first N unique prompts read
+    near_dup_threshold: float | None = DEFAULT_NEAR_DUP_THRESHOLD  # None disables near-dedup
+    batch_size: int = 64
+    shard_size: int = 50_000
+    index_type: str = "auto"
+    memory_budget_gb: float = 4.0
+    seed: int = 0
+
+    def validate(self) -> "BuildConfig":
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit must be at least 1, got {self.limit}")
+        if self.near_dup_threshold is not None and not 0.0 < self.near_dup_threshold <= 1.0:
+            raise InputError(f"--near-dup-threshold must be in (0, 1], got {self.near_dup_threshold}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.shard_size < 1:
+            raise InputError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.index_type not in INDEX_TYPES:
+            raise InputError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
+        if self.memory_budget_gb <= 0:
+            raise InputError(f"--memory-budget must be positive, got {self.memory_budget_gb}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,71 @@
+"""Near-duplicate removal in MiniLM space with FAISS kNN (no all-pairs matrix).
+
+Rule: walk the prompts in corpus order; a prompt is dropped when an earlier
+prompt that is itself kept has MiniLM cosine above the threshold with it
+(among either one's ``k`` nearest neighbours). The first of a family of
+variants survives; a dropped prompt never drops others, so chains
+A~B~C with A !~ C keep A and C.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from nearest_prompt.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX_ROWS = 100_000  # above this, search an IVF index instead of exact flat
+CHUNK = 16_384
+
+
+def _knn_index(vectors: np.ndarray, *, seed: int):
+    import faiss
+
+    n, d = vectors.shape
+    if n <= EXACT_MAX_ROWS:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist,
+                                              faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))
+        index.train(np.asarray(vectors[sample], dtype=np.float32))
+        index.nprobe = 16
+    for start in range(0, n, CHUNK * 8):
+        index.add(np.asarray(vectors[start:start + CHUNK * 8], dtype=np.float32))
+    return index
+
+
+def near_duplicate_keep(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
+                        progress: bool = False) -> np.ndarray:
+    """Boolean keep-mask over rows of unit ``vectors`` [n, d] (any float dtype)."""
+    n = len(vectors)
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    index = _knn_index(vectors, seed=seed)
+    kk = min(k + 1, n)
+    lo_parts, hi_parts = [], []
+    with progress_bar(total=n, desc="near-dedup", enabled=progress) as bar:
+        for start in range(0, n, CHUNK):
+            q = np.asarray(vectors[start:start + CHUNK], dtype=np.float32)
+            sims, ids = index.search(q, kk)
+            rows = np.arange(start, start + len(q))[:, None]
+            hit = (ids >= 0) & (ids != rows) & (sims > threshold)
+            r, c = np.nonzero(hit)
+            a, b = rows[r, 0], ids[r, c]
+            lo_parts.append(np.minimum(a, b))
+            hi_parts.append(np.maximum(a, b))
+            bar.update(len(q))
+    lo = np.concatenate(lo_parts)
+    hi = np.concatenate(hi_parts)
+    order = np.lexsort((hi, lo))
+    for a, b in zip(lo[order].tolist(), hi[order].tolist()):
+        if keep[a]:
+            keep[b] = False
+    log.info("near-dedup at cosine > %.3f: %d of %d prompts dropped", threshold, n - int(keep.sum()), n)
+    return keep

@@ -1,0 +1,195 @@
+"""Read raw prompt values from parquet, CSV/TSV, plain text and JSONL files, streaming."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from nearest_prompt.errors import InputError
+
+DEFAULT_COLUMN = "prompt"
+BATCH = 65_536
+_KINDS = {
+    ".parquet": "parquet", ".pq": "parquet",
+    ".csv": "csv", ".tsv": "tsv",
+    ".txt": "text", ".text": "text",
+    ".jsonl": "jsonl", ".ndjson": "jsonl",
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str
+    column: str | None  # None for plain text
+
+    def describe(self) -> dict[str, Any]:
+        st = self.path.stat()
+        return {"path": str(self.path), "kind": self.kind, "column": self.column,
+                "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _kind(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    kind = _KINDS.get(suffixes[-1] if suffixes else "")
+    if kind is None or (kind == "parquet" and path.suffix.lower() == ".gz"):
+        raise InputError(
+            f"{path}: unknown prompt file type; use .parquet, .csv, .tsv, .txt or .jsonl (text formats may be .gz)"
+        )
+    return kind
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix.lower() == ".gz" else \
+        open(path, encoding="utf-8", newline="")
+    return raw
+
+
+def check_sources(paths: list[str | os.PathLike], *, column: str | None = None) -> list[Source]:
+    """Validate every corpus file before any work: exists, readable, known type, column present."""
+    if not paths:
+        raise InputError("no prompt files given; pass --prompts FILE [FILE ...]")
+    sources = []
+    for p in paths:
+        path = Path(p).expanduser().absolute()
+        if not path.exists():
+            raise InputError(f"{p}: no such prompt file")
+        if path.is_dir():
+            raise InputError(f"{p}: is a directory; pass the prompt files themselves")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{p}: not readable (permission denied)")
+        kind = _kind(path)
+        col = None if kind == "text" else (column or DEFAULT_COLUMN)
+        if kind == "parquet":
+            _check_parquet_column(path, col)
+        elif kind in ("csv", "tsv"):
+            _check_csv_column(path, col, kind)
+        sources.append(Source(path, kind, col))
+    return sources
+
+
+def _check_parquet_column(path: Path, col: str) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except Exception as e:
+        raise InputError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:120]})") from e
+    if col not in names:
+        raise InputError(f"{path}: no column {col!r} (columns: {', '.join(names)}); pass --column NAME")
+
+
+def _csv_reader(f: io.TextIOBase, kind: str) -> Any:
+    return csv.reader(f, delimiter="\t" if kind == "tsv" else ",")
+
+
+def _check_csv_column(path: Path, col: str, kind: str) -> None:
+    try:
+        with _open_text(path) as f:
+            header = next(_csv_reader(f, kind), None)
+    except (UnicodeDecodeError, OSError, csv.Error) as e:
+        raise InputError(f"{path}: not readable as UTF-8 {kind.upper()} ({str(e)[:120]})") from e
+    if header is None:
+        raise InputError(f"{path}: empty file, no header row")
+    if col not in header:
+        raise InputError(f"{path}: no column {col!r} in the header ({', '.join(header[:20])}); pass --column NAME")
+
+
+def iter_values(source: Source) -> Iterator[list[Any]]:
+    """Batches of raw values (strings, or anything else a file holds) from one source."""
+    try:
+        if source.kind == "parquet":
+            yield from _iter_parquet(source)
+        elif source.kind in ("csv", "tsv"):
+            yield from _iter_csv(source)
+        elif source.kind == "text":
+            yield from _iter_text(source)
+        else:
+            yield from _iter_jsonl(source)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{source.path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except (OSError, EOFError) as e:
+        raise InputError(f"{source.path}: read failed ({str(e)[:160]})") from e
+
+
+def _iter_parquet(source: Source) -> Iterator[list[Any]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(source.path)
+    for rg in range(pf.num_row_groups):  # one row group in memory at a time
+        table = pf.read_row_group(rg, columns=[source.column])
+        col = table.column(0)
+        for start in range(0, len(col), BATCH):
+            yield col.slice(start, BATCH).to_pylist()
+
+
+def _iter_csv(source: Source) -> Iterator[list[Any]]:
+    with _open_text(source.path) as f:
+        reader = _csv_reader(f, source.kind)
+        header = next(reader)
+        idx = header.index(source.column)
+        batch: list[Any] = []
+        try:
+            for row in reader:
+                batch.append(row[idx] if idx < len(row) else None)
+                if len(batch) >= BATCH:
+                    yield batch
+                    batch = []
+        except csv.Error as e:
+            raise InputError(f"{source.path}: malformed CSV at line {reader.line_num} ({e})") from e
+        if batch:
+            yield batch
+
+
+def _iter_text(source: Source) -> Iterator[list[Any]]:
+    with _open_text(source.path) as f:
+        batch: list[Any] = []
+        for line in f:
+            batch.append(line)
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def _iter_jsonl(source: Source) -> Iterator[list[Any]]:
+    key = source.column
+    found = False
+    keys_seen: set[str] = set()
+    with _open_text(source.path) as f:
+        batch: list[Any] = []
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise InputError(f"{source.path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
+            if isinstance(obj, dict):
+                if key in obj:
+                    found = True
+                elif len(keys_seen) < 50:
+                    keys_seen.update(map(str, obj))
+                batch.append(obj.get(key))
+            else:
+                found = found or isinstance(obj, str)
+                batch.append(obj)
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if not found and (batch or keys_seen):
+            raise InputError(
+                f"{source.path}: no key {key!r} in any record (keys seen: {', '.join(sorted(keys_seen)[:20])}); "
+                "pass --column NAME"
+            )
+        if batch:
+            yield batch

@@ -1,0 +1,105 @@
+"""Resumable, sharded embedding: one ``.npy`` per shard, written atomically.
+
+A finished shard file is its own "done" marker; a restarted build skips
+every shard whose file exists with the right shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nearest_prompt.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npy")
+    try:
+        np.save(tmp, array)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _shard_ok(path: Path, rows: int, dim: int) -> bool:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return arr.shape == (rows, dim)
+
+
+def embed_in_shards(texts: Sequence[str], *, encode: Encode, dim: int, folder: Path, shard_size: int,
+                    batch_size: int, dtype: np.dtype, desc: str, progress: bool) -> list[Path]:
+    """Embed ``texts`` into ``folder/NNNNN.npy`` shards of ``shard_size`` rows, in text order.
+
+    Within a shard, texts are embedded in batches sorted by length (less
+    padding) and put back in order before saving.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(texts)
+    paths = []
+    with progress_bar(total=n, desc=desc, enabled=progress) as bar:
+        for s, start in enumerate(range(0, n, shard_size)):
+            stop = min(start + shard_size, n)
+            path = folder / f"{s:05d}.npy"
+            paths.append(path)
+            if _shard_ok(path, stop - start, dim):
+                bar.update(stop - start)
+                continue
+            shard = texts[start:stop]
+            order = np.argsort([-len(t) for t in shard], kind="stable")
+            out = np.empty((stop - start, dim), dtype=dtype)
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                out[idx] = encode([shard[i] for i in idx])
+                bar.update(len(idx))
+            _save_atomic(path, out)
+    return paths
+
+
+class ShardedMatrix:
+    """Read-only view of row shards as one [rows, dim] matrix (memory-mapped)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.parts = [np.load(p, mmap_mode="r") for p in paths]
+        sizes = [len(p) for p in self.parts]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.dim = self.parts[0].shape[1] if self.parts else 0
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.dim)
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("ShardedMatrix slices take no step")
+            key = np.arange(start, stop)
+        rows = np.asarray(key, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=self.parts[0].dtype if self.parts else np.float32)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(which):
+            sel = which == s
+            out[sel] = self.parts[s][rows[sel] - self.offsets[s]]
+        return out
+
+    def chunks(self, rows: int):
+        """(start, float32 block) pairs in order, ``rows`` at most each."""
+        for start in range(0, len(self), rows):
+            yield start, np.asarray(self[start:start + rows], dtype=np.float32)

@@ -1,0 +1,295 @@
+"""The CLIP encoder (open_clip): model choice, offline-friendly loading, identity.
+
+A CLIP model is named in one of three ways:
+
+* an open_clip architecture plus a pretrained tag: ``ViT-H-14`` +
+  ``laion2b_s32b_b79k`` (downloaded by open_clip into its cache);
+* an architecture plus a local checkpoint file: ``ViT-H-14`` +
+  ``/path/open_clip_pytorch_model.bin``;
+* a folder: ``local-dir:/path`` holding ``open_clip_config.json`` and
+  ``open_clip_model.safetensors`` (or another weights file), or a hub repo
+  ``hf-hub:org/name``.
+
+``ClipInfo`` is what the index store records, so that a query can be
+refused when it would use another model than the one the index was built with.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .device import resolve_device
+from .errors import InputError, ModelError
+from .fingerprint import weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIP = "ViT-H-14"
+DEFAULT_PRETRAINED = "laion2b_s32b_b79k"
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+_WEIGHT_NAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
+_OFFLINE_HINT = (
+    "download the weights on a machine with access and pass them with "
+    "--clip ARCH --pretrained /path/to/checkpoint, or save an open_clip folder "
+    "(open_clip_config.json + open_clip_model.safetensors) and pass --clip local-dir:/path"
+)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How to load a CLIP model. ``pretrained`` is a tag or a checkpoint path (architectures only)."""
+
+    model: str
+    pretrained: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} / {self.pretrained}" if self.pretrained else self.model
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """The identity of a loaded CLIP model, as recorded in a store manifest."""
+
+    model: str
+    pretrained: str | None
+    embed_dim: int
+    context_length: int
+    model_cfg: dict[str, Any]
+    preprocess: dict[str, Any]
+    weights: str | None  # fingerprint of the weights file, None if unknown
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClipInfo":
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+    def spec(self) -> ClipSpec:
+        return ClipSpec(self.model, self.pretrained)
+
+    def mismatch(self, other: "ClipInfo") -> str | None:
+        """Why ``other`` is not the same model as ``self``; None when it is."""
+        if self.embed_dim != other.embed_dim:
+            return f"embedding size {other.embed_dim} != {self.embed_dim}"
+        if _canonical(self.model_cfg) != _canonical(other.model_cfg):
+            return "different architecture config"
+        if self.weights and other.weights and self.weights != other.weights:
+            return "different weights (fingerprints differ)"
+        if not (self.weights and other.weights) and (self.model, self.pretrained) != (other.model, other.pretrained):
+            return "different model name or pretrained tag"
+        return None
+
+
+def _canonical(cfg: dict[str, Any]) -> str:
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def parse_clip_spec(model: str | None = None, pretrained: str | None = None) -> ClipSpec:
+    """Validate a model choice before anything is loaded; fills in the default tag."""
+    import open_clip
+
+    model = model or DEFAULT_CLIP
+    if model.startswith(LOCAL_DIR):
+        if pretrained:
+            raise InputError(f"--pretrained cannot be combined with --clip {model}: the folder holds the weights")
+        folder = Path(model[len(LOCAL_DIR):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise InputError(
+                f"--clip {model}: no open_clip_config.json in {folder}; a local-dir: folder needs "
+                "open_clip_config.json and open_clip_model.safetensors"
+            )
+        if _weights_in_dir(folder) is None:
+            raise InputError(f"--clip {model}: no weights file in {folder} (expected open_clip_model.safetensors)")
+        return ClipSpec(LOCAL_DIR + str(folder.resolve()))
+    if model.startswith(HF_HUB):
+        if pretrained:
+            raise InputError(f"--pretrained cannot be combined with --clip {model}")
+        return ClipSpec(model)
+    if Path(model).is_file():
+        raise InputError(
+            f"--clip {model} is a file: name the architecture and pass the checkpoint as "
+            f"--clip ARCH --pretrained {model} (e.g. --clip ViT-H-14)"
+        )
+    known = open_clip.list_models()
+    if model not in known:
+        close = difflib.get_close_matches(model, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"unknown CLIP model {model!r}{hint}; see open_clip.list_models(), or use local-dir:PATH")
+    if pretrained is None:
+        if model != DEFAULT_CLIP:
+            tags = open_clip.list_pretrained_tags_by_model(model)
+            raise InputError(
+                f"--clip {model} needs --pretrained TAG or a checkpoint file "
+                f"(tags for {model}: {', '.join(tags) or 'none'}); without weights the model is random"
+            )
+        pretrained = DEFAULT_PRETRAINED
+    if os.path.isfile(pretrained):
+        return ClipSpec(model, str(Path(pretrained).resolve()))
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise InputError(
+            f"--pretrained {pretrained!r} is neither a file nor a tag of {model} "
+            f"(tags: {', '.join(tags) or 'none'})"
+        )
+    return ClipSpec(model, pretrained)
+
+
+def _weights_in_dir(folder: Path) -> Path | None:
+    for name in _WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _weights_path(spec: ClipSpec) -> Path:
+    """The weights file of a spec, downloading a tag into open_clip's cache if needed."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    if spec.model.startswith(LOCAL_DIR):
+        path = _weights_in_dir(Path(spec.model[len(LOCAL_DIR):]))
+        if path is None:
+            raise ModelError(f"no weights file in {spec.model}")
+        return path
+    try:
+        if spec.model.startswith(HF_HUB):
+            return Path(oc_pretrained.download_pretrained_from_hf(spec.model[len(HF_HUB):]))
+        if os.path.isfile(spec.pretrained or ""):
+            return Path(spec.pretrained)
+        cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+        return Path(oc_pretrained.download_pretrained(cfg))
+    except Exception as e:  # hub, network and cache errors come in many types
+        raise ModelError(
+            f"could not download CLIP weights {spec.label} ({type(e).__name__}); {_OFFLINE_HINT}"
+        ) from e
+
+
+class ClipEncoder:
+    """Encodes texts and images into unit CLIP vectors (float32)."""
+
+    def __init__(self, model: Any, tokenizer: Any, preprocess: Any, info: ClipInfo, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.info = info
+        self.device = device
+
+    @property
+    def dim(self) -> int:
+        return self.info.embed_dim
+
+    def _autocast(self):
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    def encode_text(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Unit vectors [n, d]; texts longer than the context are truncated by the tokenizer."""
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device, non_blocking=True)
+                emb = self.model.encode_text(tokens).float()
+                out[start:start + len(emb)] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+        return out
+
+    def encode_images(self, images: Sequence[Any], *, batch_size: int = 16) -> np.ndarray:
+        """Unit vectors [n, d] for RGB PIL images (see ``nearest_prompt.images.load_image``)."""
+        import torch
+
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(images), batch_size):
+                pixels = torch.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+                emb = self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
+                out[start:start + len(emb)] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+        return out
+
+
+def load_clip(spec: ClipSpec, *, device: str | None = None) -> ClipEncoder:
+    """Load a CLIP model (weights checked first, so a failed download says how to go offline)."""
+    import open_clip
+
+    device = resolve_device(device)
+    weights = _weights_path(spec)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.model, pretrained=spec.pretrained, device=device
+        )
+        tokenizer = open_clip.get_tokenizer(spec.model)
+    except Exception as e:
+        raise ModelError(f"could not load CLIP {spec.label}: {e}") from e
+    model.eval()
+    info = ClipInfo(
+        model=spec.model,
+        pretrained=spec.pretrained,
+        embed_dim=int(_embed_dim(model)),
+        context_length=int(getattr(model, "context_length", 0) or getattr(tokenizer, "context_length", 0)),
+        model_cfg=_model_cfg(spec),
+        preprocess=dict(getattr(model.visual, "preprocess_cfg", {}) or {}),
+        weights=weights_fingerprint(weights),
+    )
+    log.info("loaded CLIP %s (dim %d) on %s", spec.label, info.embed_dim, device)
+    return ClipEncoder(model, tokenizer, preprocess, info, device)
+
+
+def _embed_dim(model: Any) -> int:
+    import torch
+
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.Tensor):
+        return proj.shape[1]
+    with torch.inference_mode():
+        return model.encode_text(torch.zeros((1, model.context_length), dtype=torch.long,
+                                             device=next(model.parameters()).device)).shape[-1]
+
+
+def _model_cfg(spec: ClipSpec) -> dict[str, Any]:
+    import open_clip
+
+    if spec.model.startswith(LOCAL_DIR):
+        cfg_path = Path(spec.model[len(LOCAL_DIR):]) / "open_clip_config.json"
+        return json.loads(cfg_path.read_text())["model_cfg"]
+    if spec.model.startswith(HF_HUB):
+        return {"hf_hub": spec.model}
+    return open_clip.get_model_config(spec.model) or {}
+
+
+def save_local_dir(model: Any, folder: str | os.PathLike, *, model_cfg: dict[str, Any],
+                   preprocess_cfg: dict[str, Any] | None = None) -> Path:
+    """Save an open_clip model as a ``local-dir:`` folder (config + safetensors)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+

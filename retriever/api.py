@@ -1,0 +1,151 @@
+"""``Retriever``: open a store, embed queries with its CLIP model, search, predict."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import index_store
+from nearest_prompt.clip import ClipEncoder, ClipSpec, load_clip, parse_clip_spec
+from nearest_prompt.errors import InputError, ModelError
+from nearest_prompt.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
+from nearest_prompt.progress import progress_bar
+
+from .search import Neighbors, check_k, search
+from .weighting import Prediction, Weighting, blend
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K_QUERY = 10
+DEFAULT_K_PREDICT = 100
+
+
+@dataclass
+class EmbeddedImages:
+    """CLIP vectors for the images that could be read, plus those skipped."""
+
+    paths: list[Path]
+    vectors: np.ndarray
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class Retriever:
+    """Search and predict over one index store.
+
+    The CLIP model is loaded on first use, from the store's manifest unless
+    ``clip`` names another copy of it (e.g. ``local-dir:`` after moving the
+    weights); a model that differs from the one the index was built with is
+    refused.
+    """
+
+    def __init__(self, store: index_store.Store, *, clip: str | ClipSpec | ClipEncoder | None = None,
+                 pretrained: str | None = None, device: str | None = None):
+        self.store = store
+        self.device = device
+        self._clip: ClipEncoder | None = None
+        if isinstance(clip, ClipEncoder):
+            self._check_model(clip)
+            self._clip = clip
+            self._clip_spec = None
+        elif isinstance(clip, ClipSpec):
+            self._clip_spec = clip
+        elif clip is not None:
+            self._clip_spec = parse_clip_spec(clip, pretrained)
+        else:
+            self._clip_spec = None
+
+    @classmethod
+    def open(cls, path: str | Path, *, clip: str | ClipSpec | ClipEncoder | None = None,
+             pretrained: str | None = None, device: str | None = None, verify: str = "auto") -> "Retriever":
+        return cls(index_store.open_store(path, verify=verify), clip=clip, pretrained=pretrained, device=device)
+
+    @property
+    def rows(self) -> int:
+        return self.store.rows
+
+    # -- models ---------------------------------------------------------------
+    @property
+    def clip(self) -> ClipEncoder:
+        if self._clip is None:
+            built_with = self.store.clip_info
+            spec = self._clip_spec or built_with.spec()
+            try:
+                encoder = load_clip(spec, device=self.device)
+            except (ModelError, FileNotFoundError) as e:
+                if self._clip_spec is None:
+                    raise ModelError(
+                        f"the CLIP model this index was built with ({built_with.spec().label}) cannot be loaded "
+                        f"here ({e}); pass --clip with a copy of the same weights"
+                    ) from e
+                raise
+            self._check_model(encoder)
+            self._clip = encoder
+        return self._clip
+
+    def _check_model(self, encoder: ClipEncoder) -> None:
+        built_with = self.store.clip_info
+        why = built_with.mismatch(encoder.info)
+        if why:
+            raise ModelError(
+                f"CLIP {encoder.info.model} does not match the model this index was built with "
+                f"({built_with.spec().label}): {why}; query with the same model, or rebuild the index"
+            )
+
+    # -- embedding ------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Unit CLIP text vectors [n, d] (the index's space)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.clip.encode_text(list(texts), batch_size=batch_size)
+
+    def embed_images(self, images: Sequence[Any], *, batch_size: int = 16,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Unit CLIP image vectors [n, d] for PIL images or paths (any bad path raises)."""
+        pils = [load_image(im, max_pixels=max_pixels) if isinstance(im, (str, Path)) else im for im in images]
+        return self.clip.encode_images(pils, batch_size=batch_size)
+
+    def embed_image_set(self, images: ImageSet, *, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        progress: bool = False) -> EmbeddedImages:
+        """Embed an ``ImageSet`` in batches (bounded memory). Files from folders that fail to decode
+        are skipped and reported; an explicitly named file that fails raises."""
+        explicit = set(images.explicit)
+        used: list[Path] = []
+        parts: list[np.ndarray] = []
+        skipped = list(images.skipped)
+        with progress_bar(total=len(images.paths), desc="images", enabled=progress, unit="img") as bar:
+            for start in range(0, len(images.paths), batch_size):
+                batch_paths, pils = [], []
+                for p in images.paths[start:start + batch_size]:
+                    try:
+                        pils.append(load_image(p, max_pixels=max_pixels))
+                        batch_paths.append(p)
+                    except InputError as e:
+                        if p in explicit:
+                            raise
+                        skipped.append(Skipped(str(p), str(e).split(": ", 1)[-1]))
+                if pils:
+                    parts.append(self.clip.encode_images(pils, batch_size=batch_size))
+                    used.extend(batch_paths)
+                bar.update(len(images.paths[start:start + batch_size]))
+        if not used:
+            raise InputError(f"no usable images ({len(skipped)} skipped: {skipped[0].path}: {skipped[0].reason})")
+        return EmbeddedImages(used, np.concatenate(parts), skipped)
+
+    # -- search and predict ---------------------------------------------------
+    def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
+        """Top-k prompts for unit CLIP query vectors [n, d]."""
+        return search(self.store.index, queries, k=k)
+
+    def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT,
+                weighting: Weighting | None = None) -> Prediction:
+        """One unit 384-d vector and a confidence per query vector (see ``retriever.weighting``)."""
+        weighting = (weighting or Weighting()).validate()
+        check_k(k, self.rows)
+        return blend(self.search(queries, k=k), self.store.minilm, weighting)
+
+    def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
+        return self.store.prompts(ids)

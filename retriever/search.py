@@ -1,0 +1,49 @@
+"""k-nearest-neighbour search over the store's FAISS index; arrays in, arrays out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nearest_prompt.errors import InputError
+
+QUERY_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """``ids`` int64 [n, k] (row ids, ``-1`` where faiss had no neighbour) and
+    ``scores`` float32 [n, k] (cosine similarity, ``-inf`` where ``ids`` is -1),
+    best first."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.ids >= 0
+
+
+def check_k(k: int, rows: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    if k > rows:
+        raise InputError(f"k={k} is larger than the index ({rows} prompts); pass --k {rows} or less")
+
+
+def search(index: Any, queries: np.ndarray, *, k: int) -> Neighbors:
+    """Top-``k`` inner-product neighbours of unit ``queries`` [n, d]."""
+    check_k(k, int(index.ntotal))
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != index.d:
+        raise InputError(f"queries must have shape (n, {index.d}), got {q.shape}")
+    ids = np.empty((len(q), k), dtype=np.int64)
+    scores = np.empty((len(q), k), dtype=np.float32)
+    for start in range(0, len(q), QUERY_CHUNK):
+        s, i = index.search(q[start:start + QUERY_CHUNK], k)
+        ids[start:start + len(i)] = i
+        scores[start:start + len(s)] = s
+    scores[ids < 0] = -np.inf
+    return Neighbors(ids=ids, scores=scores)

@@ -1,0 +1,17 @@
+"""Write a tiny random-weights open_clip model as a local-dir: folder (offline demo and tests).
+
+    python scripts/make_tiny_clip.py OUT_DIR [--seed 0]
+
+Its neighbours are meaningless: it exists so that the pipeline runs offline.
+"""
+
+import argparse
+
+from nearest_prompt.tiny_clip import make_tiny_clip
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(make_tiny_clip(a.out, seed=a.seed))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install nearest-prompt with its test extra into it.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.nearest-prompt-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e '.[test]'
+    touch "$stamp"
+fi
