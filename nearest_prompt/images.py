@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -28,7 +29,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:  # we apply our own limit below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(
@@ -123,8 +125,10 @@ def collect_images(args: Iterable[str | os.PathLike], *, max_pixels: int = DEFAU
 def _header_problem(path: Path, max_pixels: int) -> str | None:
     """A cheap check of the header; full decoding errors surface in ``load_image``."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
     except Exception as e:
         return f"not an image ({type(e).__name__})"
     if w * h > max_pixels:

@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny random-weights CLIP saved as local-dir:, the real MiniLM,
+slices of the shared corpus, and one small store built from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from nearest_prompt.paths import shared_data_dir  # noqa: E402
+
+DATA = shared_data_dir()
+CORPUS = DATA / "prompts" / "sd_prompts.parquet"
+KAGGLE = DATA / "eval" / "kaggle_sample"
+DIFFUSIONDB = DATA / "eval" / "diffusiondb_sample"
+STORE_PROMPTS = 400
+
+
+def need_data() -> None:
+    if not CORPUS.is_file():
+        pytest.skip(f"shared data not found at {DATA} (set NEAREST_PROMPT_DATA)")
+
+
+def corpus_slice(n: int, *, offset: int = 0) -> list[str]:
+    need_data()
+    pf = pq.ParquetFile(CORPUS)
+    return pf.read_row_group(0, columns=["prompt"]).column(0).slice(offset, n).to_pylist()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from nearest_prompt.tiny_clip import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def clip_spec(tiny_clip_dir) -> str:
+    return f"local-dir:{tiny_clip_dir}"
+
+
+@pytest.fixture(scope="session")
+def clip_encoder(clip_spec):
+    from nearest_prompt.clip import load_clip, parse_clip_spec
+
+    return load_clip(parse_clip_spec(clip_spec), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from nearest_prompt.minilm import load_minilm
+
+    return load_minilm(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    """The first STORE_PROMPTS prompts of the shared corpus plus one exact and one near duplicate."""
+    prompts = corpus_slice(STORE_PROMPTS)
+    extra = [prompts[0].upper() + "  ", prompts[1] + ", 4k"]
+    path = tmp_path_factory.mktemp("corpus") / "slice.parquet"
+    pq.write_table(pa.table({"prompt": prompts + extra, "source": ["test"] * (len(prompts) + 2)}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def build_config(clip_spec):
+    from indexer import BuildConfig
+
+    return BuildConfig(clip_model=clip_spec, shard_size=128, batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory, corpus_file, build_config, clip_encoder, minilm) -> Path:
+    import indexer
+
+    out = tmp_path_factory.mktemp("stores") / "store"
+    indexer.build([corpus_file], out, config=build_config, clip=clip_encoder, minilm=minilm, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def retriever(store_dir, clip_encoder):
+    from retriever import Retriever
+
+    return Retriever.open(store_dir, clip=clip_encoder)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -1,0 +1,209 @@
+"""Build -> open -> query round trips, the row-id contract, atomic and resumable builds."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import index_store
+import indexer
+from index_store.format import CLIP_INDEX, MANIFEST, MINILM, PROMPTS
+from retriever import Retriever
+
+from .conftest import STORE_PROMPTS, corpus_slice
+
+
+def test_store_round_trip_and_row_contract(store_dir, minilm, clip_encoder):
+    store = index_store.open_store(store_dir, verify="full")
+    m = store.manifest
+    stats = m["build"]["stats"]
+    assert stats["values_read"] == STORE_PROMPTS + 2
+    assert stats["exact_duplicates"] >= 1  # the upper-cased copy
+    assert stats["near_duplicates"] >= 1  # the ", 4k" variant
+    assert store.rows == stats["rows"] == store.index.ntotal == len(store.minilm) == store.table.num_rows
+    assert m["models"]["clip"]["model"].startswith("local-dir:")
+    assert m["models"]["minilm"]["dim"] == 384 and store.minilm.dtype == np.float16
+    assert isinstance(store.minilm, np.memmap)
+    # row i of every file describes the same prompt
+    ids = np.array([0, 1, store.rows // 2, store.rows - 1])
+    texts = store.prompts(ids)
+    np.testing.assert_allclose(store.minilm[ids].astype(np.float32), minilm.encode(texts), atol=2e-3)
+    stored_clip = np.stack([store.index.reconstruct(int(i)) for i in ids])
+    np.testing.assert_allclose(stored_clip, clip_encoder.encode_text(texts), atol=1e-5)
+    assert store.prompts([-1, 0])[0] is None
+    with pytest.raises(IndexError):
+        store.prompts([store.rows])
+
+
+def test_corpus_order_is_kept(store_dir):
+    store = index_store.open_store(store_dir)
+    original = corpus_slice(STORE_PROMPTS)
+    stored = store.table.column("prompt").to_pylist()
+    positions = [original.index(p) for p in stored]  # every stored prompt comes from the corpus
+    assert positions == sorted(positions)
+    assert stored[0] == original[0]
+
+
+def test_text_query_ranks_the_prompt_itself_first(retriever):
+    store = retriever.store
+    ids = np.arange(0, retriever.rows, 3)
+    texts = retriever.prompts(ids)
+    nb = retriever.search(retriever.embed_texts(texts), k=5)
+    ties = 0
+    for i, row_ids, row_scores in zip(ids, nb.ids, nb.scores):
+        assert row_scores[0] == pytest.approx(1.0, abs=1e-4)
+        if row_ids[0] != i:  # only acceptable if another prompt has the identical CLIP vector (truncation)
+            ties += 1
+            assert i in row_ids[row_scores >= row_scores[0] - 1e-6]
+    assert ties <= len(ids) // 50
+    assert store.rows > 100
+
+
+def test_predict_shapes_and_unit_vectors(retriever, rng):
+    q = retriever.embed_texts(["a castle on a hill at sunset", "portrait of a cat"])
+    pred = retriever.predict(q, k=50)
+    assert pred.vectors.shape == (2, 384) and pred.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(pred.vectors, axis=1), 1.0, atol=1e-5)
+    assert np.all((pred.confidence > 0) & (pred.confidence <= 1))
+    assert pred.neighbors.ids.shape == (2, 50)
+
+
+def _small_corpus(tmp_path, n, offset=0, name="c.txt"):
+    path = tmp_path / name
+    path.write_text("\n".join(corpus_slice(n, offset=offset)) + "\n")
+    return path
+
+
+class Boom(RuntimeError):
+    pass
+
+
+class FailingEncoder:
+    """Wraps an encoder; raises on the n-th encode_text call (a crash mid-build)."""
+
+    def __init__(self, inner, fail_on_call):
+        self.inner, self.fail_on_call, self.calls = inner, fail_on_call, 0
+        self.info, self.dim = inner.info, inner.dim
+
+    def encode_text(self, texts, *, batch_size=64):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise Boom("killed")
+        return self.inner.encode_text(texts, batch_size=batch_size)
+
+
+def test_interrupted_build_leaves_existing_store_intact(tmp_path, build_config, clip_encoder, minilm):
+    out = tmp_path / "store"
+    old = indexer.build([_small_corpus(tmp_path, 60)], out, config=build_config, clip=clip_encoder,
+                        minilm=minilm, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(Boom):
+        indexer.build([_small_corpus(tmp_path, 80, offset=500, name="new.txt")], out, config=build_config,
+                      clip=FailingEncoder(clip_encoder, 2), minilm=minilm, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert index_store.open_store(out, verify="full").rows == old.rows
+    assert not list(tmp_path.glob(".store.tmp-*"))  # no staging left behind
+
+
+def test_failure_while_writing_store_keeps_old_store(tmp_path, build_config, clip_encoder, minilm, monkeypatch):
+    out = tmp_path / "store"
+    indexer.build([_small_corpus(tmp_path, 40)], out, config=build_config, clip=clip_encoder, minilm=minilm,
+                  progress=False)
+    before = (out / MANIFEST).read_bytes()
+
+    def broken_write_index(self, index):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index_store.StoreWriter, "write_index", broken_write_index)
+    with pytest.raises(OSError):
+        indexer.build([_small_corpus(tmp_path, 50, offset=300, name="b.txt")], out, config=build_config,
+                      clip=clip_encoder, minilm=minilm, progress=False)
+    assert (out / MANIFEST).read_bytes() == before
+    index_store.open_store(out, verify="full")
+    assert not list(tmp_path.glob(".store.tmp-*"))
+
+
+def test_resumed_build_equals_uninterrupted_build(tmp_path, build_config, clip_encoder, minilm):
+    corpus = _small_corpus(tmp_path, 300, offset=1000)
+    fresh = tmp_path / "fresh"
+    indexer.build([corpus], fresh, config=build_config, clip=clip_encoder, minilm=minilm, progress=False)
+
+    resumed = tmp_path / "resumed"
+    failing = FailingEncoder(clip_encoder, 4)  # dies inside the second CLIP shard (shards of 128, batches of 64)
+    with pytest.raises(Boom):
+        indexer.build([corpus], resumed, config=build_config, clip=failing, minilm=minilm, progress=False)
+    work = tmp_path / ".resumed.build"
+    assert (work / "clip" / "00000.npy").is_file() and not (work / "clip" / "00001.npy").exists()
+    counting = FailingEncoder(clip_encoder, -1)
+    indexer.build([corpus], resumed, config=build_config, clip=counting, minilm=minilm, progress=False)
+    assert not work.exists()
+    rows = index_store.open_store(fresh).rows
+    assert counting.calls == -(-(rows - 128) // 64)  # only the unfinished shards were embedded again
+    for name in (PROMPTS, MINILM):
+        assert (fresh / name).read_bytes() == (resumed / name).read_bytes()
+    a, b = index_store.open_store(fresh), index_store.open_store(resumed)
+    np.testing.assert_array_equal(a.index.reconstruct_n(0, rows), b.index.reconstruct_n(0, rows))
+    assert a.manifest["build"]["stats"] == b.manifest["build"]["stats"]
+
+
+def test_changed_inputs_restart_the_work_dir(tmp_path, build_config, clip_encoder, minilm):
+    corpus = _small_corpus(tmp_path, 200, offset=2000)
+    out = tmp_path / "s"
+    with pytest.raises(Boom):
+        indexer.build([corpus], out, config=build_config, clip=FailingEncoder(clip_encoder, 3), minilm=minilm,
+                      progress=False)
+    corpus.write_text("\n".join(corpus_slice(30, offset=4000)) + "\n")  # the user fixed the corpus
+    result = indexer.build([corpus], out, config=build_config, clip=clip_encoder, minilm=minilm, progress=False)
+    assert result.stats["values_read"] == 30
+
+
+def test_rebuild_replaces_store(tmp_path, build_config, clip_encoder, minilm):
+    out = tmp_path / "store"
+    indexer.build([_small_corpus(tmp_path, 20)], out, config=build_config, clip=clip_encoder, minilm=minilm,
+                  progress=False)
+    indexer.build([_small_corpus(tmp_path, 35, offset=700, name="d.txt")], out, config=build_config,
+                  clip=clip_encoder, minilm=minilm, progress=False)
+    assert index_store.open_store(out).manifest["build"]["stats"]["values_read"] == 35
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".store")] == []
+
+
+def test_limit_and_no_near_dedup(tmp_path, build_config, clip_encoder, minilm):
+    from dataclasses import replace
+
+    corpus = tmp_path / "dups.txt"
+    corpus.write_text("a red apple on a table, 4k\na red apple on a table, 8k\na red apple on a table, 4k\n"
+                      "a blue car\na green tree\n")
+    out = tmp_path / "s"
+    cfg = replace(build_config, near_dup_threshold=None, limit=3)
+    r = indexer.build([corpus], out, config=cfg, clip=clip_encoder, minilm=minilm, progress=False)
+    assert r.rows == 3 and r.stats["near_duplicates"] == 0
+    assert index_store.open_store(out).prompts([0, 1, 2]) == [
+        "a red apple on a table, 4k", "a red apple on a table, 8k", "a blue car"]
+
+
+def test_query_with_a_different_clip_is_refused(store_dir, tmp_path):
+    from nearest_prompt.errors import ModelError
+    from nearest_prompt.tiny_clip import make_tiny_clip
+
+    other = make_tiny_clip(tmp_path / "other", seed=1)
+    r = Retriever.open(store_dir, clip=f"local-dir:{other}")
+    with pytest.raises(ModelError, match="does not match"):
+        r.embed_texts(["a cat"])
+
+
+def test_moved_clip_folder_is_accepted_by_fingerprint(store_dir, tiny_clip_dir, tmp_path):
+    moved = tmp_path / "moved_clip"
+    shutil.copytree(tiny_clip_dir, moved)
+    r = Retriever.open(store_dir, clip=f"local-dir:{moved}")
+    assert r.embed_texts(["a cat"]).shape == (1, r.clip.dim)
+
+
+def test_manifest_is_self_describing(store_dir):
+    m = json.loads((store_dir / MANIFEST).read_text())
+    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 1
+    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX}
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
+    assert m["build"]["config"]["near_dup_threshold"] == 0.95
+    assert {"torch", "faiss-cpu", "open_clip_torch", "sentence-transformers"} <= set(m["versions"])
+    assert m["index"]["type"] == "flat" and m["index"]["recall_at_10"] == 1.0

@@ -1,0 +1,95 @@
+"""Image loading: every common mode works; bad files and bombs are refused or skipped."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nearest_prompt.errors import InputError
+from nearest_prompt.images import collect_images, load_image
+
+
+def _save(img, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+@pytest.fixture
+def mode_images(tmp_path):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    out = {
+        "rgb": _save(rgb, tmp_path / "rgb.png"),
+        "gray": _save(rgb.convert("L"), tmp_path / "gray.png"),
+        "palette": _save(rgb.convert("P"), tmp_path / "palette.gif"),
+        "rgba": _save(rgb.convert("RGBA"), tmp_path / "rgba.png"),
+        "la": _save(rgb.convert("LA"), tmp_path / "la.png"),
+        "cmyk": _save(rgb.convert("CMYK"), tmp_path / "cmyk.jpg"),
+        "bw": _save(rgb.convert("1"), tmp_path / "bw.png"),
+        "webp": _save(rgb, tmp_path / "x.webp"),
+    }
+    g16 = Image.fromarray(np.full((30, 30), 65535, dtype=np.uint16))
+    out["gray16"] = _save(g16, tmp_path / "gray16.png")
+    return out
+
+
+def test_every_mode_loads_as_rgb(mode_images):
+    for name, path in mode_images.items():
+        im = load_image(path)
+        assert im.mode == "RGB", name
+        assert im.size[0] > 0
+    assert np.asarray(load_image(mode_images["gray16"])).min() == 255  # 16-bit full scale -> 8-bit full scale
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    im = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert np.asarray(load_image(_save(im, tmp_path / "t.png"))).min() == 255
+
+
+def test_modes_embed(mode_images, clip_encoder):
+    v = clip_encoder.encode_images([load_image(p) for p in mode_images.values()])
+    assert v.shape == (len(mode_images), clip_encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_truncated_and_non_image_files(tmp_path, mode_images):
+    data = mode_images["rgb"].read_bytes()
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="not a readable image"):
+        load_image(trunc)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InputError):
+        load_image(text)
+    with pytest.raises(InputError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    bomb = _save(Image.new("1", (10_000, 9_000)), tmp_path / "bomb.png")  # 90M pixels, a few KB on disk
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(InputError, match="decompression bomb"):
+        load_image(bomb)
+    with pytest.raises(InputError, match="decompression bomb"):
+        collect_images([bomb])
+    small = _save(Image.new("RGB", (20, 20)), tmp_path / "small.png")
+    with pytest.raises(InputError, match="over the limit"):
+        load_image(small, max_pixels=100)
+
+
+def test_folder_skips_bad_files_and_explicit_bad_file_fails(tmp_path, mode_images):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(mode_images["rgb"].read_bytes())
+    (folder / "readme.txt").write_text("hello")
+    (folder / ".hidden.png").write_text("ignored")
+    s = collect_images([folder])
+    assert [p.name for p in s.paths] == ["a.png"] and [k.path for k in s.skipped] == [str(folder / "readme.txt")]
+    with pytest.raises(InputError, match="readme.txt"):
+        collect_images([folder / "readme.txt"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.txt").write_text("x")
+    with pytest.raises(InputError, match="no usable images"):
+        collect_images([empty])
+    with pytest.raises(InputError, match="no such file"):
+        collect_images([tmp_path / "nope"])
