@@ -158,15 +158,14 @@ def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
     with progress_bar(total=total, desc="reading", enabled=progress) as bar:
         for source in sources:
             for values in iter_values(source):
-                prompts.extend(dedup.feed(values))
+                room = None if config.limit is None else config.limit - len(prompts)
+                prompts.extend(dedup.feed(values, max_new=room))
                 bar.update(len(values))
                 if config.limit is not None and len(prompts) >= config.limit:
                     break
             if config.limit is not None and len(prompts) >= config.limit:
-                del prompts[config.limit:]
                 break
     stats = dedup.stats.to_dict()
-    stats["unique"] = len(prompts)
     if not prompts:
         names = ", ".join(str(s.path) for s in sources)
         raise InputError(

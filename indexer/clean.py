@@ -42,10 +42,13 @@ class ExactDeduper:
         self._seen: set[bytes] = set()
         self.stats = CleanStats()
 
-    def feed(self, values: Iterable[Any]) -> list[str]:
-        out = []
+    def feed(self, values: Iterable[Any], *, max_new: int | None = None) -> list[str]:
+        """New unique prompts among ``values``; stops consuming after ``max_new`` of them."""
+        out: list[str] = []
         st = self.stats
         for v in values:
+            if max_new is not None and len(out) >= max_new:
+                break
             st.values_read += 1
             text = clean_prompt(v)
             if text is None:

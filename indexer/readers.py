@@ -59,7 +59,7 @@ def check_sources(paths: list[str | os.PathLike], *, column: str | None = None) 
         raise InputError("no prompt files given; pass --prompts FILE [FILE ...]")
     sources = []
     for p in paths:
-        path = Path(p).expanduser().absolute()
+        path = Path(p).expanduser().resolve()
         if not path.exists():
             raise InputError(f"{p}: no such prompt file")
         if path.is_dir():

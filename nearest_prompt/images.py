@@ -29,17 +29,18 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings(), Image.open(path) as im:  # we apply our own limit below
+        with warnings.catch_warnings():  # we apply our own limit below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            w, h = im.size
-            if w * h > max_pixels:
-                raise InputError(
-                    f"{path}: {w}x{h} pixels is over the limit of {max_pixels} "
-                    "(possible decompression bomb); resize it, or raise --max-pixels"
-                )
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise InputError(
+                        f"{path}: {w}x{h} pixels is over the limit of {max_pixels} "
+                        "(possible decompression bomb); resize it, or raise --max-pixels"
+                    )
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im)
     except InputError:
         raise
     except Image.DecompressionBombError as e:

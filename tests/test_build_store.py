@@ -178,6 +178,7 @@ def test_limit_and_no_near_dedup(tmp_path, build_config, clip_encoder, minilm):
     cfg = replace(build_config, near_dup_threshold=None, limit=3)
     r = indexer.build([corpus], out, config=cfg, clip=clip_encoder, minilm=minilm, progress=False)
     assert r.rows == 3 and r.stats["near_duplicates"] == 0
+    assert r.stats["values_read"] == 4 and r.stats["exact_duplicates"] == 1
     assert index_store.open_store(out).prompts([0, 1, 2]) == [
         "a red apple on a table, 4k", "a red apple on a table, 8k", "a blue car"]
 

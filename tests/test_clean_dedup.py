@@ -22,6 +22,8 @@ def test_exact_dedup_is_case_and_whitespace_insensitive_and_keeps_first():
     st = d.stats
     assert (st.values_read, st.not_text, st.empty, st.exact_duplicates, st.unique) == (9, 2, 1, 4, 2)
     assert d.feed(["A DOG", "a bird"]) == ["a bird"]  # state carries across batches
+    assert d.feed(["x1", "x2", "x3", "x4"], max_new=2) == ["x1", "x2"]
+    assert d.stats.values_read == 11 + 2  # stopped consuming at the limit
 
 
 def _oracle_keep(v, threshold):
