@@ -6,9 +6,10 @@ Layout (format version 1)::
     prompts.arrow   Arrow IPC file, columns id (int64, = row) and prompt (string)
     minilm.npy      float16 [rows, 384], unit all-MiniLM-L6-v2 vectors
     clip.faiss      FAISS index over unit CLIP text vectors, inner product
+    minilm.faiss    FAISS index over the MiniLM vectors (text queries in MiniLM space)
 
-Row-id contract: faiss id i == prompts.arrow row i (id column == i) ==
-minilm.npy row i; checked on open.
+Row-id contract: faiss id i (both indexes) == prompts.arrow row i (id column
+== i) == minilm.npy row i; checked on open.
 """
 
 from .format import FORMAT_NAME, FORMAT_VERSION, FILES

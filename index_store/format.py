@@ -6,4 +6,5 @@ MANIFEST = "manifest.json"
 PROMPTS = "prompts.arrow"
 MINILM = "minilm.npy"
 CLIP_INDEX = "clip.faiss"
-FILES = (PROMPTS, MINILM, CLIP_INDEX)
+MINILM_INDEX = "minilm.faiss"
+FILES = (PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX)

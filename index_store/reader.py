@@ -16,7 +16,7 @@ from nearest_prompt.errors import StoreError
 from nearest_prompt.fingerprint import file_sha256
 from nearest_prompt.minilm import MiniLMInfo
 
-from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, PROMPTS
+from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ class Store:
     manifest: dict[str, Any]
     table: pa.Table
     minilm: np.ndarray  # float16 [rows, 384], memory-mapped
-    index: Any  # faiss.Index
+    index: Any  # faiss.Index over CLIP text vectors
+    minilm_index: Any  # faiss.Index over the MiniLM vectors
 
     @property
     def rows(self) -> int:
@@ -126,10 +127,13 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
         minilm = np.load(path / MINILM, mmap_mode="r")
     except (ValueError, OSError) as e:
         raise _fail(path, f"{MINILM} is unreadable ({e}); rebuild the store") from e
-    try:
-        index = _read_index(path / CLIP_INDEX)
-    except RuntimeError as e:
-        raise _fail(path, f"{CLIP_INDEX} is unreadable ({str(e).splitlines()[0][:120]}); rebuild the store") from e
+    indexes = []
+    for name in (CLIP_INDEX, MINILM_INDEX):
+        try:
+            indexes.append(_read_index(path / name))
+        except RuntimeError as e:
+            raise _fail(path, f"{name} is unreadable ({str(e).splitlines()[0][:120]}); rebuild the store") from e
+    index, minilm_index = indexes
     clip_dim = manifest["models"]["clip"]["embed_dim"]
     checks = [
         (table.num_rows == rows, f"{PROMPTS} has {table.num_rows} rows, manifest says {rows}"),
@@ -137,6 +141,8 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
         (minilm.ndim == 2 and minilm.shape[0] == rows, f"{MINILM} has shape {minilm.shape}, expected ({rows}, 384)"),
         (index.ntotal == rows, f"{CLIP_INDEX} holds {index.ntotal} vectors, manifest says {rows}"),
         (index.d == clip_dim, f"{CLIP_INDEX} has dimension {index.d}, the CLIP model {clip_dim}"),
+        (minilm_index.ntotal == rows, f"{MINILM_INDEX} holds {minilm_index.ntotal} vectors, manifest says {rows}"),
+        (minilm_index.d == minilm.shape[-1], f"{MINILM_INDEX} has dimension {minilm_index.d}, {MINILM} {minilm.shape}"),
     ]
     for ok, what in checks:
         if not ok:
@@ -144,4 +150,4 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
     ids = table.column("id").to_numpy()
     if rows and not (ids[0] == 0 and ids[-1] == rows - 1 and np.all(np.diff(ids) == 1)):
         raise _fail(path, f"{PROMPTS} ids are not 0..{rows - 1} in order; rebuild the store")
-    return Store(path=path, manifest=manifest, table=table, minilm=minilm, index=index)
+    return Store(path=path, manifest=manifest, table=table, minilm=minilm, index=index, minilm_index=minilm_index)

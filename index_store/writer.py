@@ -16,7 +16,7 @@ from nearest_prompt.errors import InputError, StoreError
 from nearest_prompt.fingerprint import file_sha256
 
 from .atomic import fsync_dir, replace_dir, write_bytes_atomic
-from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, PROMPTS
+from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,15 @@ class StoreWriter:
         """A writable float16 memmap [rows, dim] in the staging directory for the caller to fill."""
         return np.lib.format.open_memmap(self.staging / MINILM, mode="w+", dtype=np.float16, shape=(rows, dim))
 
-    def write_index(self, index: Any) -> None:
+    @property
+    def minilm_path(self) -> Path:
+        return self.staging / MINILM
+
+    def write_index(self, index: Any, *, space: str = "clip") -> None:
+        """Write the FAISS index of ``space`` ("clip" or "minilm")."""
         import faiss
 
-        faiss.write_index(index, str(self.staging / CLIP_INDEX))
+        faiss.write_index(index, str(self.staging / (CLIP_INDEX if space == "clip" else MINILM_INDEX)))
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Checksum the files, write the manifest, and move the store to ``out``."""

@@ -106,8 +106,14 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
         writer.write_prompts(pa.array(kept_prompts, type=pa.string()))
         _write_minilm(writer, minilm_all, kept, progress)
         index, index_info = build_index(clip_all, plan, seed=config.seed)
-        writer.write_index(index)
+        writer.write_index(index, space="clip")
         del index
+        minilm_kept = ShardedMatrix([writer.minilm_path])
+        minilm_plan = plan_index(len(kept), minilm_kept.dim, index_type=config.index_type,
+                                 memory_budget_gb=config.memory_budget_gb)
+        index, minilm_index_info = build_index(minilm_kept, minilm_plan, seed=config.seed)
+        writer.write_index(index, space="minilm")
+        del index, minilm_kept
         timings["index"] = time.perf_counter() - t
         stats = {**clean_stats, "near_duplicates": int(len(keep) - len(kept)), "rows": int(len(kept))}
         manifest = {
@@ -115,6 +121,7 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "models": {"clip": clip.info.to_dict(), "minilm": minilm.info.to_dict()},
             "index": index_info,
+            "minilm_index": minilm_index_info,
             "build": {"config": config.to_dict(), "sources": [s.describe() for s in sources],
                       "stats": stats, "seconds": {k: round(v, 3) for k, v in timings.items()}},
             "versions": library_versions(),

@@ -40,16 +40,17 @@ def _knn_index(vectors: np.ndarray, *, seed: int):
     return index
 
 
-def near_duplicate_keep(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
-                        progress: bool = False) -> np.ndarray:
-    """Boolean keep-mask over rows of unit ``vectors`` [n, d] (any float dtype)."""
+def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
+                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs (lo < hi) with cosine above ``threshold`` among each row's ``k`` neighbours,
+    and their cosines. One search serves every threshold >= ``threshold`` (see ``keep_from_pairs``)."""
     n = len(vectors)
-    keep = np.ones(n, dtype=bool)
     if n < 2:
-        return keep
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, np.empty(0, dtype=np.float32)
     index = _knn_index(vectors, seed=seed)
     kk = min(k + 1, n)
-    lo_parts, hi_parts = [], []
+    lo_parts, hi_parts, sim_parts = [], [], []
     with progress_bar(total=n, desc="near-dedup", enabled=progress) as bar:
         for start in range(0, n, CHUNK):
             q = np.asarray(vectors[start:start + CHUNK], dtype=np.float32)
@@ -60,12 +61,28 @@ def near_duplicate_keep(vectors: np.ndarray, *, threshold: float, k: int = 16, s
             a, b = rows[r, 0], ids[r, c]
             lo_parts.append(np.minimum(a, b))
             hi_parts.append(np.maximum(a, b))
+            sim_parts.append(sims[r, c])
             bar.update(len(q))
-    lo = np.concatenate(lo_parts)
-    hi = np.concatenate(hi_parts)
+    return np.concatenate(lo_parts), np.concatenate(hi_parts), np.concatenate(sim_parts)
+
+
+def keep_from_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sims: np.ndarray, *, threshold: float) -> np.ndarray:
+    """Apply the greedy rule (module docstring) to candidate pairs: boolean keep-mask over n rows."""
+    keep = np.ones(n, dtype=bool)
+    sel = sims > threshold
+    lo, hi = lo[sel], hi[sel]
     order = np.lexsort((hi, lo))
     for a, b in zip(lo[order].tolist(), hi[order].tolist()):
         if keep[a]:
             keep[b] = False
-    log.info("near-dedup at cosine > %.3f: %d of %d prompts dropped", threshold, n - int(keep.sum()), n)
+    return keep
+
+
+def near_duplicate_keep(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
+                        progress: bool = False) -> np.ndarray:
+    """Boolean keep-mask over rows of unit ``vectors`` [n, d] (any float dtype)."""
+    lo, hi, sims = near_duplicate_pairs(vectors, threshold=threshold, k=k, seed=seed, progress=progress)
+    keep = keep_from_pairs(len(vectors), lo, hi, sims, threshold=threshold)
+    log.info("near-dedup at cosine > %.3f: %d of %d prompts dropped", threshold,
+             len(vectors) - int(keep.sum()), len(vectors))
     return keep

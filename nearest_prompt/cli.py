@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="*", metavar="IMAGE|FOLDER")
     q.add_argument("--text", action="append", default=[], metavar="TEXT",
                    help="query by text through the CLIP text encoder (repeatable)")
+    q.add_argument("--space", choices=("clip", "minilm"), default="clip",
+                   help="space of --text queries: the CLIP text encoder (default) or MiniLM")
     q.add_argument("--k", type=_positive_int, default=DEFAULT_K_QUERY)
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_image_args(q)
@@ -105,9 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--power", type=float, default=6.0, help="p in 1/((1-cos)^p + eps)")
     pr.add_argument("--eps", type=float, default=1e-6)
     pr.add_argument("--temperature", type=float, default=0.01, help="softmax temperature")
+    pr.add_argument("--captions", metavar="CSV",
+                    help="captions from other models (columns imgId or image, and caption): fused with the image "
+                         "query, see README 'Fusion'")
+    pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
+    pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
+                    help="search captions with the CLIP text encoder (default) or in MiniLM space")
     _add_image_args(pr)
     _add_model_args(pr, building=False)
     _add_common(pr)
+
+    from .cli_eval import add_parsers
+
+    add_parsers(sub, _add_common)
 
     i = sub.add_parser("info", help="what an index store holds")
     i.add_argument("--index", required=True, metavar="DIR")
@@ -181,6 +193,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if not args.images and not args.text:
         raise InputError("nothing to query: give IMAGE or FOLDER arguments, or --text TEXT")
+    if args.space == "minilm" and args.images:
+        raise InputError("--space minilm is for --text queries only; images are searched in CLIP space")
     image_set = collect_images(args.images, max_pixels=args.max_pixels) if args.images else None
     r = _open_retriever(args)
     from retriever.search import check_k
@@ -195,12 +209,16 @@ def cmd_query(args: argparse.Namespace) -> int:
         labels += [("image", str(p)) for p in emb.paths]
         vectors.append(emb.vectors)
         skipped = emb.skipped
-    if args.text:
-        labels += [("text", t) for t in args.text]
-        vectors.append(r.embed_texts(args.text))
     import numpy as np
 
-    nb = r.search(np.concatenate(vectors), k=args.k)
+    if args.space == "minilm":
+        labels += [("text", t) for t in args.text]
+        nb = r.search_minilm(r.minilm.encode(args.text), k=args.k)
+    else:
+        if args.text:
+            labels += [("text", t) for t in args.text]
+            vectors.append(r.embed_texts(args.text))
+        nb = r.search(np.concatenate(vectors), k=args.k)
     results = []
     for (kind, label), ids, scores in zip(labels, nb.ids, nb.scores):
         valid = ids >= 0
@@ -248,10 +266,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from retriever.search import check_k
 
     check_k(args.k, r.rows)
+    captions = _read_captions(Path(args.captions)) if args.captions else None
     emb = r.embed_image_set(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels,
                             progress=not args.quiet)
-    pred = r.predict(emb.vectors, k=args.k, weighting=weighting)
     ids = [p.stem for p in emb.paths]
+    if captions is None:
+        pred = r.predict(emb.vectors, k=args.k, weighting=weighting)
+    else:
+        pred = _predict_with_captions(r, emb.vectors, ids, captions, args, weighting)
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         write_submission(out, ids, pred.vectors)
@@ -264,6 +286,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {len(ids)} prediction(s) to {out}{extra}, {conf_path}")
     _report_skipped(emb.skipped)
     return 0
+
+
+def _read_captions(path: Path) -> dict[str, str]:
+    import csv
+
+    if not path.is_file():
+        raise InputError(f"--captions {path}: no such file")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    cols = list(rows[0]) if rows else []
+    key = next((c for c in ("imgId", "image", "id") if c in cols), None)
+    text = next((c for c in ("caption", "prompt", "text") if c in cols), None)
+    if key is None or text is None:
+        raise InputError(f"--captions {path}: need columns imgId (or image) and caption, got {', '.join(cols)}")
+    out: dict[str, str] = {}
+    for row in rows:
+        img = Path(row[key]).stem
+        if img in out:
+            raise InputError(f"--captions {path}: image {img!r} has more than one caption")
+        out[img] = row[text]
+    return out
+
+
+def _predict_with_captions(r: Any, image_vectors: Any, ids: list[str], captions: dict[str, str],
+                           args: argparse.Namespace, weighting: Any) -> Any:
+    import numpy as np
+
+    from retriever.search import Neighbors
+    from retriever.weighting import fuse
+
+    image_nb = r.search(image_vectors, k=args.k)
+    have = [i for i, img in enumerate(ids) if img in captions]
+    cap_ids = np.full((len(ids), args.k), -1, dtype=np.int64)
+    cap_scores = np.full((len(ids), args.k), -np.inf, dtype=np.float32)
+    if have:
+        texts = [captions[ids[i]] for i in have]
+        if args.caption_space == "clip":
+            nb = r.search(r.embed_texts(texts), k=args.k)
+        else:
+            nb = r.search_minilm(r.minilm.encode(texts), k=args.k)
+        cap_ids[have], cap_scores[have] = nb.ids, nb.scores
+    log.info("%d of %d images have a caption", len(have), len(ids))
+    return fuse([(image_nb, 1.0), (Neighbors(cap_ids, cap_scores), args.caption_weight)], r.store.minilm, weighting)
 
 
 def _size(n: float) -> str:
@@ -311,6 +376,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_commands() -> dict[str, Any]:
+    from .cli_eval import cmd_blend, cmd_eval
+
+    return {"eval": cmd_eval, "blend": cmd_blend}
+
+
 COMMANDS = {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info}
 
 
@@ -321,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quiet = args.verbose = False
     _setup_logging(args)
     try:
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **_eval_commands()}[args.command](args)
     except NearestPromptError as e:
         print(f"nearest-prompt: error: {e}", file=sys.stderr)
         return 2

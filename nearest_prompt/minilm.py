@@ -76,8 +76,15 @@ def load_minilm(spec: str | None = None, *, device: str | None = None) -> MiniLM
     device = resolve_device(device)
     try:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
-        model = SentenceTransformer(path, device=device)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar for a 90 MB local model is noise
+        try:
+            model = SentenceTransformer(path, device=device)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     except Exception as e:
         raise ModelError(
             f"could not load the MiniLM model {spec!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "

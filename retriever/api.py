@@ -13,6 +13,7 @@ import index_store
 from nearest_prompt.clip import ClipEncoder, ClipSpec, load_clip, parse_clip_spec
 from nearest_prompt.errors import InputError, ModelError
 from nearest_prompt.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
+from nearest_prompt.minilm import MiniLMEncoder, load_minilm
 from nearest_prompt.progress import progress_bar
 
 from .search import Neighbors, check_k, search
@@ -43,10 +44,18 @@ class Retriever:
     """
 
     def __init__(self, store: index_store.Store, *, clip: str | ClipSpec | ClipEncoder | None = None,
-                 pretrained: str | None = None, device: str | None = None):
+                 pretrained: str | None = None, minilm: str | MiniLMEncoder | None = None,
+                 device: str | None = None):
         self.store = store
         self.device = device
         self._clip: ClipEncoder | None = None
+        self._minilm: MiniLMEncoder | None = None
+        self._minilm_spec: str | None = None
+        if isinstance(minilm, MiniLMEncoder):
+            self._check_minilm(minilm)
+            self._minilm = minilm
+        else:
+            self._minilm_spec = minilm
         if isinstance(clip, ClipEncoder):
             self._check_model(clip)
             self._clip = clip
@@ -60,8 +69,10 @@ class Retriever:
 
     @classmethod
     def open(cls, path: str | Path, *, clip: str | ClipSpec | ClipEncoder | None = None,
-             pretrained: str | None = None, device: str | None = None, verify: str = "auto") -> "Retriever":
-        return cls(index_store.open_store(path, verify=verify), clip=clip, pretrained=pretrained, device=device)
+             pretrained: str | None = None, minilm: str | MiniLMEncoder | None = None,
+             device: str | None = None, verify: str = "auto") -> "Retriever":
+        return cls(index_store.open_store(path, verify=verify), clip=clip, pretrained=pretrained,
+                   minilm=minilm, device=device)
 
     @property
     def rows(self) -> int:
@@ -93,6 +104,24 @@ class Retriever:
             raise ModelError(
                 f"CLIP {encoder.info.model} does not match the model this index was built with "
                 f"({built_with.spec().label}): {why}; query with the same model, or rebuild the index"
+            )
+
+    @property
+    def minilm(self) -> MiniLMEncoder:
+        """The MiniLM encoder (for text queries in MiniLM space and evaluation), loaded on first use."""
+        if self._minilm is None:
+            encoder = load_minilm(self._minilm_spec or self.store.minilm_info.model, device=self.device)
+            self._check_minilm(encoder)
+            self._minilm = encoder
+        return self._minilm
+
+    def _check_minilm(self, encoder: MiniLMEncoder) -> None:
+        built = self.store.minilm_info
+        if encoder.info.dim != built.dim or (built.weights and encoder.info.weights
+                                             and built.weights != encoder.info.weights):
+            raise ModelError(
+                f"MiniLM {encoder.info.model} does not match the one this index was built with ({built.model}); "
+                "use the same model"
             )
 
     # -- embedding ------------------------------------------------------------
@@ -139,6 +168,10 @@ class Retriever:
     def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
         """Top-k prompts for unit CLIP query vectors [n, d]."""
         return search(self.store.index, queries, k=k)
+
+    def search_minilm(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
+        """Top-k prompts for unit MiniLM query vectors [n, 384] (``Retriever.minilm.encode``)."""
+        return search(self.store.minilm_index, queries, k=k)
 
     def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT,
                 weighting: Weighting | None = None) -> Prediction:

@@ -72,15 +72,60 @@ def neighbor_weights(neighbors: Neighbors, weighting: Weighting) -> np.ndarray:
 
 def blend(neighbors: Neighbors, minilm: np.ndarray, weighting: Weighting) -> Prediction:
     """Weighted sum of the neighbours' rows of ``minilm`` [rows, 384] (any float dtype)."""
-    w = neighbor_weights(neighbors, weighting)
-    ids = np.where(neighbors.valid, neighbors.ids, 0)
+    vectors, confidence = blend_weights(neighbors.ids, neighbor_weights(neighbors, weighting), minilm)
+    return Prediction(vectors=vectors, confidence=confidence, neighbors=neighbors)
+
+
+def blend_weights(ids: np.ndarray, weights: np.ndarray, minilm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit ``sum_i w_i minilm[ids_i]`` per row and its confidence; ids == -1 must carry weight 0.
+
+    A row id may appear several times in a row (e.g. fused neighbour sets):
+    its weights simply add up.
+    """
+    valid = ids >= 0
+    if np.any(weights[~valid] != 0):
+        raise ValueError("padding neighbours (id -1) must have weight 0")
     n, k = ids.shape
-    vecs = np.asarray(minilm[ids.ravel()], dtype=np.float32).reshape(n, k, -1)
-    summed = np.einsum("nk,nkd->nd", w, vecs.astype(np.float64))
+    vecs = np.asarray(minilm[np.where(valid, ids, 0).ravel()], dtype=np.float32).reshape(n, k, -1)
+    summed = np.einsum("nk,nkd->nd", weights, vecs.astype(np.float64))
     norm = np.linalg.norm(summed, axis=1)
-    total = w.sum(axis=1)
+    total = weights.sum(axis=1)
     safe = norm > 0
-    vectors = np.zeros_like(summed, dtype=np.float32)
+    vectors = np.zeros(summed.shape, dtype=np.float32)
     vectors[safe] = (summed[safe] / norm[safe, None]).astype(np.float32)
     confidence = np.where(total > 0, norm / np.where(total > 0, total, 1.0), 0.0)
-    return Prediction(vectors=vectors, confidence=np.clip(confidence, 0, 1).astype(np.float32), neighbors=neighbors)
+    return vectors, np.clip(confidence, 0, 1).astype(np.float32)
+
+
+def fuse(parts: list[tuple[Neighbors, float]], minilm: np.ndarray, weighting: Weighting) -> Prediction:
+    """Fuse several neighbour sets per query (e.g. an image query and caption queries).
+
+    Rule: within each part the weights are normalised to sum to 1, then
+    scaled by the part's weight; the parts' neighbour lists are joined (a
+    prompt found by several parts adds its weights up) and blended as one.
+    A part with no valid neighbour for a query contributes nothing to it.
+    """
+    if not parts:
+        raise ValueError("fuse needs at least one neighbour set")
+    ids, weights = [], []
+    for nb, part_weight in parts:
+        if part_weight < 0:
+            raise InputError(f"fusion weights must be non-negative, got {part_weight}")
+        w = neighbor_weights(nb, weighting)
+        total = w.sum(axis=1, keepdims=True)
+        weights.append(np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0) * part_weight)
+        ids.append(nb.ids)
+    joined = Neighbors(ids=np.concatenate(ids, axis=1),
+                       scores=np.concatenate([nb.scores for nb, _ in parts], axis=1))
+    vectors, confidence = blend_weights(joined.ids, np.concatenate(weights, axis=1), minilm)
+    return Prediction(vectors=vectors, confidence=confidence, neighbors=joined)
+
+
+def drop_neighbors(neighbors: Neighbors, drop: np.ndarray, *, k: int) -> Neighbors:
+    """Remove the neighbours marked in ``drop`` [n, K] (e.g. exact copies of a held-out
+    query), keep the order of the rest, and cut to ``k`` columns (padding with -1)."""
+    keep = neighbors.valid & ~drop
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(np.where(keep, neighbors.ids, -1), order, 1)
+    scores = np.take_along_axis(np.where(keep, neighbors.scores, -np.inf), order, 1).astype(np.float32)
+    return Neighbors(ids=ids, scores=scores)

@@ -102,3 +102,16 @@ def rng() -> np.random.Generator:
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def cli_store_path(tmp_path_factory, clip_spec):
+    """A store built through the CLI (``nearest-prompt build``) from a small text corpus."""
+    from nearest_prompt.cli import main
+
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = tmp / "prompts.txt"
+    corpus.write_text("\n".join(corpus_slice(60, offset=3000)) + "\n")
+    out = tmp / "store"
+    assert main(["build", "--prompts", str(corpus), "--out", str(out), "--clip", clip_spec, "-q"]) == 0
+    return out

@@ -30,15 +30,9 @@ def assert_one_line_error(code, err, match):
     assert "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def cli_store(tmp_path_factory, clip_spec):
-    """A store built through the CLI from a small text corpus."""
-    tmp = tmp_path_factory.mktemp("cli")
-    corpus = tmp / "prompts.txt"
-    corpus.write_text("\n".join(corpus_slice(60, offset=3000)) + "\n")
-    out = tmp / "store"
-    assert main(["build", "--prompts", str(corpus), "--out", str(out), "--clip", clip_spec, "-q"]) == 0
-    return out
+@pytest.fixture
+def cli_store(cli_store_path):
+    return cli_store_path
 
 
 def test_build_query_predict_info(cli_store, capsys, tmp_path):

@@ -1,0 +1,42 @@
+"""Blend our predicted vectors with other models' vectors (ensembles).
+
+``blend_predictions([ours, theirs], weights=[0.4, 0.6])`` returns, per row,
+``normalise(sum_s w_s * v_s)``. With ``confidences`` (one array per source,
+or None for a source without one), each source's weight becomes
+``w_s * confidence_s ** power`` row by row, so our vector counts for more
+where its neighbours agree. Inputs need not be unit vectors; they are
+normalised first so that the weights mean what they say.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from nearest_prompt.errors import InputError
+
+
+def blend_predictions(vectors: Sequence[np.ndarray], *, weights: Sequence[float] | None = None,
+                      confidences: Sequence[np.ndarray | None] | None = None, power: float = 1.0) -> np.ndarray:
+    if not vectors:
+        raise InputError("nothing to blend")
+    shapes = {np.shape(v) for v in vectors}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise InputError(f"all predictions must have the same [n, d] shape, got {sorted(shapes)}")
+    weights = [1.0] * len(vectors) if weights is None else list(weights)
+    if len(weights) != len(vectors) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise InputError(f"need one non-negative weight per input (not all zero), got {weights}")
+    confidences = list(confidences) if confidences is not None else [None] * len(vectors)
+    if len(confidences) != len(vectors):
+        raise InputError("need one confidence array (or None) per input")
+    n = len(vectors[0])
+    total = np.zeros(np.shape(vectors[0]), dtype=np.float64)
+    for v, w, c in zip(vectors, weights, confidences):
+        v = np.asarray(v, dtype=np.float64)
+        norm = np.linalg.norm(v, axis=1, keepdims=True)
+        unit = np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+        row_w = np.full(n, float(w)) if c is None else float(w) * np.clip(np.asarray(c, np.float64), 0, None) ** power
+        total += row_w[:, None] * unit
+    norm = np.linalg.norm(total, axis=1, keepdims=True)
+    return np.divide(total, norm, out=np.zeros_like(total), where=norm > 0).astype(np.float32)

@@ -1,0 +1,91 @@
+"""Text-route study (issue: measure quality as the competition scores it).
+
+    python scripts/text_route_study.py prepare [--pool 200000] [--heldout 1000]   # split + MiniLM embeddings (resumable)
+    python scripts/text_route_study.py report  [--sizes 10000,50000,100000,200000]  # tables for the README
+
+The split, carved from the shared corpus with seed 0:
+  held-out = 1000 random Discord prompts + 1000 random songjein_chatgpt_generated
+             prompts (written in the style of the competition's test prompts)
+             + the 7 competition sample prompts;
+  pool     = random prompts from the rest, in a random order, so that its first
+             N rows are a random corpus of size N (nested: 10k in 100k in 200k).
+The held-out prompts are split in two halves by hash: "tune" (choose k, p, T)
+and "test" (report). Everything is cached under runs/text_study/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from indexer.shards import ShardedMatrix, embed_in_shards  # noqa: E402
+from nearest_prompt.minilm import load_minilm  # noqa: E402
+from nearest_prompt.paths import shared_data_dir  # noqa: E402
+
+OUT = Path(os.environ.get("NP_RUNS", "runs")) / "text_study"
+
+
+def prepare(pool_size: int, heldout_per_group: int) -> None:
+    data = shared_data_dir()
+    table = pq.read_table(data / "prompts" / "sd_prompts.parquet")
+    prompts = table.column("prompt").to_pylist()
+    source = np.asarray(table.column("source").to_pylist())
+    rng = np.random.default_rng(0)
+    discord = np.flatnonzero(source == "sd_discord_bartman")
+    gpt = np.flatnonzero(source == "songjein_chatgpt_generated")
+    held = np.concatenate([rng.choice(discord, heldout_per_group, replace=False),
+                           rng.choice(gpt, heldout_per_group, replace=False)])
+    rest = np.setdiff1d(np.arange(len(prompts)), held)
+    pool = rng.permutation(rest)[:pool_size]
+    with open(data / "eval" / "kaggle_sample" / "prompts.csv", newline="") as f:
+        kaggle = [r["prompt"] for r in csv.DictReader(f)]
+    OUT.mkdir(parents=True, exist_ok=True)
+    held_prompts = [prompts[i] for i in held] + kaggle
+    held_groups = ["discord"] * heldout_per_group + ["chatgpt_style"] * heldout_per_group + ["kaggle"] * len(kaggle)
+    pq.write_table(pa.table({"prompt": held_prompts, "group": held_groups}), OUT / "heldout.parquet")
+    pq.write_table(pa.table({"prompt": [prompts[i] for i in pool]}), OUT / "pool.parquet")
+    minilm = load_minilm()
+    enc = lambda b: minilm.encode(b, batch_size=len(b))  # noqa: E731
+    embed_in_shards(held_prompts, encode=enc, dim=384, folder=OUT / "heldout_minilm", shard_size=5000,
+                    batch_size=64, dtype=np.float16, desc="held-out MiniLM", progress=True)
+    pool_prompts = [prompts[i] for i in pool]
+    embed_in_shards(pool_prompts, encode=enc, dim=384, folder=OUT / "pool_minilm", shard_size=10_000,
+                    batch_size=64, dtype=np.float16, desc="pool MiniLM", progress=True)
+    print(f"prepared {OUT}: {len(held_prompts)} held-out, {len(pool_prompts)} pool prompts")
+
+
+def load_split():
+    held = pq.read_table(OUT / "heldout.parquet")
+    pool = pq.read_table(OUT / "pool.parquet")
+    held_vec = np.asarray(ShardedMatrix(sorted((OUT / "heldout_minilm").glob("*.npy")))[:], dtype=np.float32)
+    pool_vec = ShardedMatrix(sorted((OUT / "pool_minilm").glob("*.npy")))
+    return held, pool, held_vec, pool_vec
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--pool", type=int, default=200_000)
+    p.add_argument("--heldout", type=int, default=1000)
+    r = sub.add_parser("report")
+    r.add_argument("--sizes", default="10000,50000,100000,200000")
+    a = ap.parse_args()
+    if a.cmd == "prepare":
+        prepare(a.pool, a.heldout)
+    else:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from text_route_report import report  # noqa: E402
+
+        report([int(s) for s in a.sizes.split(",")])
