@@ -34,6 +34,9 @@ def _add_model_args(p: argparse.ArgumentParser, *, building: bool) -> None:
         g.add_argument("--clip", default=None, metavar="MODEL",
                        help="load the index's CLIP model from here instead of the path in its manifest "
                             "(must be the same weights)")
+        g.add_argument("--search-backend", choices=("auto", "faiss", "faiss-gpu", "torch"), default="auto",
+                       help="faiss (CPU, all threads), faiss-gpu, torch (exact matmul+top-k on CUDA, flat "
+                            "indexes); auto picks the fastest available")
     g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
                    help="open_clip pretrained tag or a local checkpoint file, with an architecture in --clip")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
@@ -178,7 +181,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _open_retriever(args: argparse.Namespace):
     from retriever import Retriever
 
-    return Retriever.open(args.index, clip=args.clip, pretrained=args.pretrained, device=args.device)
+    r = Retriever.open(args.index, clip=args.clip, pretrained=args.pretrained, device=args.device)
+    return r.use_search_backend(args.search_backend)
 
 
 def _report_skipped(skipped: Sequence[Any]) -> None:
@@ -360,8 +364,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         + f"  (dim {clip['embed_dim']}, context {clip['context_length']})",
         f"              weights {clip.get('weights')}",
         f"MiniLM        {mini['model']}  (dim {mini['dim']}, max tokens {mini['max_seq_length']})",
-        f"FAISS index   {idx['type']} ({idx.get('factory')}) {idx.get('params') or ''}"
+        f"CLIP index    {idx['type']} ({idx.get('factory')}) {idx.get('params') or ''}"
         f"  recall@10 vs exact {idx.get('recall_at_10')}",
+        f"MiniLM index  {m['minilm_index']['type']} ({m['minilm_index'].get('factory')}) "
+        f"{m['minilm_index'].get('params') or ''}  recall@10 vs exact {m['minilm_index'].get('recall_at_10')}",
         "files:",
         *[f"  {name:<14}{_size(f['bytes']):>12}" for name, f in m["files"].items()],
         f"  {'total':<14}{_size(total):>12}  ({total / rows:.0f} bytes per prompt)",

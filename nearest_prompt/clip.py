@@ -20,6 +20,7 @@ import difflib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -206,16 +207,43 @@ class ClipEncoder:
         return torch.autocast("cpu", enabled=False)
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """Unit vectors [n, d]; texts longer than the context are truncated by the tokenizer."""
+        """Unit vectors [n, d]; texts longer than the context are truncated by the tokenizer.
+
+        For standard open_clip ``CLIP`` models (causal text mask, EOT-token
+        pooling) each batch runs only up to its longest prompt instead of the
+        full context: the same result with less compute (see
+        ``encode_tokens_trimmed``). On CUDA the next batch is tokenised on a
+        CPU thread while the GPU works, into pinned memory.
+        """
         import torch
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        with torch.inference_mode(), self._autocast():
-            for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device, non_blocking=True)
-                emb = self.model.encode_text(tokens).float()
+        batches = [list(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)]
+        cuda = self.device.startswith("cuda")
+
+        def tokenize(batch: list[str]):
+            tokens = self.tokenizer(batch)
+            return tokens.pin_memory() if cuda else tokens
+
+        with torch.inference_mode(), self._autocast(), ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(tokenize, batches[0]) if (cuda and batches) else None
+            start = 0
+            for i, batch in enumerate(batches):
+                if cuda:
+                    tokens = pending.result()
+                    if i + 1 < len(batches):
+                        pending = pool.submit(tokenize, batches[i + 1])
+                else:
+                    tokens = tokenize(batch)
+                emb = self._encode_tokens(tokens.to(self.device, non_blocking=True)).float()
                 out[start:start + len(emb)] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+                start += len(emb)
         return out
+
+    def _encode_tokens(self, tokens: Any) -> Any:
+        if can_trim(self.model):
+            return encode_tokens_trimmed(self.model, tokens)
+        return self.model.encode_text(tokens)
 
     def encode_images(self, images: Sequence[Any], *, batch_size: int = 16) -> np.ndarray:
         """Unit vectors [n, d] for RGB PIL images (see ``nearest_prompt.images.load_image``)."""
@@ -228,6 +256,36 @@ class ClipEncoder:
                 emb = self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
                 out[start:start + len(emb)] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
         return out
+
+
+def can_trim(model: Any) -> bool:
+    """True for open_clip ``CLIP`` text towers where trimming padding cannot change the output."""
+    import open_clip
+
+    return (type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) == "argmax"
+            and getattr(model, "attn_mask", None) is not None and getattr(model, "cls_emb", None) is None)
+
+
+def encode_tokens_trimmed(model: Any, tokens: Any) -> Any:
+    """``model.encode_text(tokens)`` computed over the first L positions only, L = the last EOT + 1.
+
+    Exact for causal attention with EOT (argmax) pooling: positions after a
+    sequence's EOT token never influence the EOT position's output.
+    """
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    t = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return x
 
 
 def load_clip(spec: ClipSpec, *, device: str | None = None) -> ClipEncoder:

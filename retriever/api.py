@@ -165,9 +165,16 @@ class Retriever:
         return EmbeddedImages(used, np.concatenate(parts), skipped)
 
     # -- search and predict ---------------------------------------------------
+    def use_search_backend(self, backend: str = "auto") -> "Retriever":
+        """Search the CLIP index with ``faiss`` (CPU), ``faiss-gpu``, ``torch`` (exact, CUDA) or ``auto``."""
+        from .torch_search import to_search_backend
+
+        self._clip_search = to_search_backend(self.store.index, backend, device=self.device)
+        return self
+
     def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
         """Top-k prompts for unit CLIP query vectors [n, d]."""
-        return search(self.store.index, queries, k=k)
+        return search(getattr(self, "_clip_search", None) or self.store.index, queries, k=k)
 
     def search_minilm(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
         """Top-k prompts for unit MiniLM query vectors [n, 384] (``Retriever.minilm.encode``)."""

@@ -1,0 +1,104 @@
+"""Build memory: the full shared corpus through our streaming build vs a naive in-memory build.
+
+    python scripts/bench_build_memory.py [--limit N] [--dim 1024] [--skip-naive]
+
+Both use stand-in encoders (random vectors, see bench_common) so that 1.96M
+prompts fit in minutes on 2 CPU cores; model memory is not included (MiniLM
+~90 MB, ViT-H-14 text tower ~1.4 GB fp32, both constant in corpus size).
+Ours: ``indexer.build`` (streaming reads, shards, FAISS near-dedup, index
+chosen by a 4 GiB budget). Naive: read the whole parquet, dedup with a set,
+embed everything into two in-memory matrices, exact flat index. Then the
+store is opened and the RSS right after open is compared with its size on
+disk (memory-mapping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_common import FakeClipText, FakeMiniLM, PeakRSS, rss_bytes  # noqa: E402
+from nearest_prompt.paths import shared_data_dir  # noqa: E402
+
+GiB = 2 ** 30
+
+
+def ours(limit: int | None, dim: int, out: Path) -> dict:
+    import indexer
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = indexer.BuildConfig(limit=limit, shard_size=100_000, batch_size=8192)
+    t = time.perf_counter()
+    with PeakRSS() as peak:
+        r = indexer.build([shared_data_dir() / "prompts" / "sd_prompts.parquet"], out, config=cfg,
+                          clip=FakeClipText(dim=dim), minilm=FakeMiniLM(), progress=True)
+    return {"rows": r.rows, "seconds": time.perf_counter() - t, "peak_rss": peak.peak}
+
+
+def naive(limit: int | None, dim: int) -> dict:
+    """In a subprocess, so its memory does not count against ours."""
+    code = f"""
+import sys, time, resource, numpy as np, pyarrow.parquet as pq, faiss
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_common import FakeClipText, FakeMiniLM
+from nearest_prompt.paths import shared_data_dir
+t = time.perf_counter()
+prompts = pq.read_table(shared_data_dir() / "prompts" / "sd_prompts.parquet").column("prompt").to_pylist()
+seen, uniq = set(), []
+for p in prompts:
+    k = " ".join(p.split()).casefold()
+    if k not in seen:
+        seen.add(k); uniq.append(p)
+uniq = uniq[:{limit!r}] if {limit!r} else uniq
+mini = np.concatenate([FakeMiniLM().encode(uniq[i:i + 8192]) for i in range(0, len(uniq), 8192)])
+clip = np.concatenate([FakeClipText(dim={dim}).encode_text(uniq[i:i + 8192]) for i in range(0, len(uniq), 8192)])
+index = faiss.IndexFlatIP({dim}); index.add(clip)
+print(len(uniq), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rows, secs, peak = p.stdout.split()
+    return {"rows": int(rows), "seconds": float(secs), "peak_rss": int(peak)}
+
+
+def open_rss(out: Path) -> dict:
+    import index_store
+
+    code = f"""
+import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_common import rss_bytes
+import index_store, faiss, numpy, pyarrow
+before = rss_bytes()
+s = index_store.open_store({str(out)!r}, verify="size")
+print(before, rss_bytes())
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(int, p.stdout.split())
+    size = sum(f.stat().st_size for f in out.iterdir())
+    return {"store_bytes": size, "rss_before_open": before, "rss_after_open": after}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--out", default="runs/bench_full_store")
+    a = ap.parse_args()
+    out = Path(a.out)
+    r = ours(a.limit, a.dim, out)
+    print(f"ours : {r['rows']:,} prompts in {r['seconds']:.0f} s, peak RSS {r['peak_rss'] / GiB:.2f} GiB")
+    o = open_rss(out)
+    print(f"open : store {o['store_bytes'] / GiB:.2f} GiB on disk; RSS {o['rss_before_open'] / GiB:.2f} GiB "
+          f"before open (imports), {o['rss_after_open'] / GiB:.2f} GiB after")
+    if not a.skip_naive:
+        n = naive(a.limit, a.dim)
+        print(f"naive: {n['rows']:,} prompts in {n['seconds']:.0f} s, peak RSS {n['peak_rss'] / GiB:.2f} GiB "
+              "(no near-dedup, exact flat index)")

@@ -1,0 +1,81 @@
+"""Helpers for the benchmarks: peak-memory sampling and fast stand-in encoders.
+
+The stand-ins produce pseudo-random unit vectors (seeded by the batch) at
+memory speed, so a benchmark can push the full 1.96M-prompt corpus through
+the real build pipeline on 2 CPU cores to measure the pipeline's own memory
+and time. They say nothing about quality or model speed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+
+from nearest_prompt.clip import ClipInfo
+from nearest_prompt.minilm import MiniLMInfo
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakRSS:
+    """Samples this process's RSS every ``interval`` seconds in a thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, rss_bytes(), threading.Event()
+
+    def __enter__(self) -> "PeakRSS":
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def _vectors(texts: list[str], dim: int) -> np.ndarray:
+    rng = np.random.default_rng(zlib.crc32("\x00".join(texts[:4]).encode()) + len(texts))
+    v = rng.standard_normal((len(texts), dim), dtype=np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+class FakeMiniLM:
+    def __init__(self, dim: int = 384):
+        self.dim = dim
+        self.info = MiniLMInfo(model="stand-in (random vectors)", dim=dim, max_seq_length=256, weights="fake")
+
+    def encode(self, texts, *, batch_size: int = 64) -> np.ndarray:
+        return _vectors(list(texts), self.dim)
+
+
+class FakeClipText:
+    """Random text vectors under a given ClipInfo (so a real image encoder can query the store)."""
+
+    def __init__(self, info: ClipInfo | None = None, dim: int = 1024):
+        self.info = info or ClipInfo(model="stand-in (random vectors)", pretrained=None, embed_dim=dim,
+                                     context_length=77, model_cfg={"embed_dim": dim}, preprocess={},
+                                     weights="fake")
+        self.dim = self.info.embed_dim
+
+    def encode_text(self, texts, *, batch_size: int = 64) -> np.ndarray:
+        return _vectors(list(texts), self.dim)
+
+
+def timer() -> Any:
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
