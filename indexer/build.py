@@ -30,11 +30,11 @@ from nearest_prompt.errors import InputError
 from nearest_prompt.minilm import MiniLMEncoder, load_minilm
 from nearest_prompt.progress import progress_bar
 
-from .clean import ExactDeduper
+from .clean import read_unique_prompts
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
 from .faiss_index import build_index, plan_index
-from .readers import Source, check_sources, iter_values
+from .readers import Source, check_sources
 from .shards import ShardedMatrix, embed_in_shards
 
 log = logging.getLogger(__name__)
@@ -159,20 +159,9 @@ def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
     if done.is_file() and stats_path.is_file():
         table = pa.ipc.open_file(pa.memory_map(str(done))).read_all()
         return table.column("prompt").to_pylist(), json.loads(stats_path.read_text())
-    dedup = ExactDeduper()
-    prompts: list[str] = []
-    total = _known_rows(sources)
-    with progress_bar(total=total, desc="reading", enabled=progress) as bar:
-        for source in sources:
-            for values in iter_values(source):
-                room = None if config.limit is None else config.limit - len(prompts)
-                prompts.extend(dedup.feed(values, max_new=room))
-                bar.update(len(values))
-                if config.limit is not None and len(prompts) >= config.limit:
-                    break
-            if config.limit is not None and len(prompts) >= config.limit:
-                break
-    stats = dedup.stats.to_dict()
+    with progress_bar(total=_known_rows(sources), desc="reading", enabled=progress) as bar:
+        prompts, clean_stats = read_unique_prompts(sources, limit=config.limit, on_batch=bar.update)
+    stats = clean_stats.to_dict()
     if not prompts:
         names = ", ".join(str(s.path) for s in sources)
         raise InputError(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from .readers import Source
 
 _WS = re.compile(r"\s+")
 
@@ -65,3 +68,24 @@ class ExactDeduper:
             st.unique += 1
             out.append(text)
         return out
+
+
+def read_unique_prompts(sources: list["Source"], *, limit: int | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> tuple[list[str], CleanStats]:
+    """Cleaned, exactly-deduplicated prompts of ``sources`` in order; stops after ``limit`` of them.
+
+    ``on_batch(n)`` is called with the number of raw values of each batch read (progress bars).
+    """
+    from .readers import iter_values
+
+    dedup = ExactDeduper()
+    prompts: list[str] = []
+    for source in sources:
+        for values in iter_values(source):
+            room = None if limit is None else limit - len(prompts)
+            prompts.extend(dedup.feed(values, max_new=room))
+            if on_batch is not None:
+                on_batch(len(values))
+            if limit is not None and len(prompts) >= limit:
+                return prompts, dedup.stats
+    return prompts, dedup.stats

@@ -74,19 +74,15 @@ def _resolve_image(base: Path, ref: str) -> Path:
 
 
 def _read_prompts(path: str | None, column: str | None, limit: int | None) -> list[str]:
-    from indexer.clean import ExactDeduper
-    from indexer.readers import check_sources, iter_values
+    from indexer.clean import read_unique_prompts
+    from indexer.readers import check_sources
 
     if not path:
         raise InputError("--text-oracle and --text-degraded need --prompts FILE (held-out prompts)")
-    dedup = ExactDeduper()
-    prompts: list[str] = []
-    for source in check_sources([path], column=column):
-        for values in iter_values(source):
-            prompts.extend(dedup.feed(values))
+    prompts, _ = read_unique_prompts(check_sources([path], column=column), limit=limit)
     if not prompts:
         raise InputError(f"no usable prompts in {path}")
-    return prompts[:limit] if limit else prompts
+    return prompts
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ class Retriever:
         self.store = store
         self.device = device
         self._clip: ClipEncoder | None = None
+        self._clip_search: Any = None  # a faster view of store.index (see use_search_backend)
         self._minilm: MiniLMEncoder | None = None
         self._minilm_spec: str | None = None
         if isinstance(minilm, MiniLMEncoder):
@@ -174,7 +175,8 @@ class Retriever:
 
     def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
         """Top-k prompts for unit CLIP query vectors [n, d]."""
-        return search(getattr(self, "_clip_search", None) or self.store.index, queries, k=k)
+        index = self.store.index if self._clip_search is None else self._clip_search
+        return search(index, queries, k=k)
 
     def search_minilm(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
         """Top-k prompts for unit MiniLM query vectors [n, 384] (``Retriever.minilm.encode``)."""
