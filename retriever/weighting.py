@@ -28,6 +28,7 @@ from nearest_prompt.errors import InputError
 from .search import Neighbors
 
 SCHEMES = ("power", "softmax")
+BLEND_CHUNK = 512  # queries whose neighbour vectors are gathered at once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,8 +87,11 @@ def blend_weights(ids: np.ndarray, weights: np.ndarray, minilm: np.ndarray) -> t
     if np.any(weights[~valid] != 0):
         raise ValueError("padding neighbours (id -1) must have weight 0")
     n, k = ids.shape
-    vecs = np.asarray(minilm[np.where(valid, ids, 0).ravel()], dtype=np.float32).reshape(n, k, -1)
-    summed = np.einsum("nk,nkd->nd", weights, vecs.astype(np.float64))
+    summed = np.empty((n, minilm.shape[1]), dtype=np.float64)
+    for s in range(0, n, BLEND_CHUNK):  # bounded memory: BLEND_CHUNK x k neighbour vectors at a time
+        rows = np.where(valid[s:s + BLEND_CHUNK], ids[s:s + BLEND_CHUNK], 0)
+        vecs = np.asarray(minilm[rows.ravel()], dtype=np.float32).reshape(len(rows), k, -1)
+        summed[s:s + len(rows)] = np.einsum("nk,nkd->nd", weights[s:s + BLEND_CHUNK].astype(np.float32), vecs)
     norm = np.linalg.norm(summed, axis=1)
     total = weights.sum(axis=1)
     safe = norm > 0

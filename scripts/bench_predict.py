@@ -111,8 +111,10 @@ def naive(r, paths: list[Path], k: int) -> dict:
 
 def cli_peak_rss(store: Path, folder: Path, out: Path, k: int) -> tuple[float, float]:
     """Run ``nearest-prompt predict`` in a child that reports its own peak RSS (ru_maxrss) on exit."""
-    code = ("import resource, sys; from nearest_prompt.cli import main; rc = main(sys.argv[1:]); "
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # VmHWM of the child's own address space: ru_maxrss would include the parent's RSS at fork on Linux
+    code = ("import sys; from nearest_prompt.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print('PEAK', hwm, file=sys.stderr); sys.exit(rc)")
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code, "predict", "--index", str(store), str(folder), "--out", str(out),
                         "--k", str(k), "-q"], check=True, capture_output=True, text=True)

@@ -62,3 +62,17 @@ def test_no_valid_neighbour_gives_zero_vector_and_zero_confidence(rng):
 def test_bad_weighting_options(bad):
     with pytest.raises(InputError):
         Weighting(**bad).validate()
+
+
+def test_blend_in_chunks_equals_one_pass(rng, monkeypatch):
+    from retriever import weighting
+
+    minilm = unit(rng.normal(size=(200, 384))).astype(np.float16)
+    ids = rng.integers(-1, 200, size=(37, 9))
+    scores = np.where(ids >= 0, rng.uniform(0, 1, size=ids.shape), -np.inf).astype(np.float32)
+    nb = Neighbors(ids, scores)
+    one = blend(nb, minilm, Weighting())
+    monkeypatch.setattr(weighting, "BLEND_CHUNK", 5)
+    chunked = blend(nb, minilm, Weighting())
+    np.testing.assert_allclose(chunked.vectors, one.vectors, atol=1e-6)
+    np.testing.assert_allclose(chunked.confidence, one.confidence, atol=1e-6)
