@@ -141,6 +141,7 @@ def main() -> None:
     ap.add_argument("--store-rows", type=int, default=100_000)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--big", type=int, default=16_000)
+    ap.add_argument("--rss-only", action="store_true", help="skip the speed comparison")
     a = ap.parse_args()
     import open_clip
     import torch
@@ -160,12 +161,13 @@ def main() -> None:
     print(f"{a.images} images (7 competition images repeated), store {r.rows:,} prompts "
           f"({r.store.manifest['index']['type']}), CLIP {a.arch} random weights, CPU {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, k={a.k}")
-    ours = profiled(r, paths, a.k)
-    base = naive(r, paths[: max(50, a.images // 10)], a.k)
-    print(f"ours : {ours['images_per_s']:.1f} images/s; split " +
-          ", ".join(f"{k} {v:.1%}" for k, v in ours["split"].items()))
-    print(f"naive: {base['images_per_s']:.1f} images/s (one image at a time, numpy brute force; "
-          f"{max(50, a.images // 10)} images)")
+    if not a.rss_only:
+        ours = profiled(r, paths, a.k)
+        base = naive(r, paths[: max(50, a.images // 10)], a.k)
+        print(f"ours : {ours['images_per_s']:.1f} images/s; split " +
+              ", ".join(f"{k} {v:.1%}" for k, v in ours["split"].items()))
+        print(f"naive: {base['images_per_s']:.1f} images/s (one image at a time, numpy brute force; "
+              f"{max(50, a.images // 10)} images)")
     peak, secs = cli_peak_rss(store, RUNS / "images", RUNS / "pred.csv", a.k)
     print(f"CLI  : nearest-prompt predict over {a.images} images: {secs:.0f} s, peak RSS {peak / 2**30:.2f} GiB")
 

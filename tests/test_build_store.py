@@ -8,7 +8,7 @@ import pytest
 
 import index_store
 import indexer
-from index_store.format import CLIP_INDEX, MANIFEST, MINILM, PROMPTS
+from index_store.format import CLIP_INDEX, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
 from retriever import Retriever
 
 from .conftest import STORE_PROMPTS, corpus_slice
@@ -112,7 +112,7 @@ def test_failure_while_writing_store_keeps_old_store(tmp_path, build_config, cli
                   progress=False)
     before = (out / MANIFEST).read_bytes()
 
-    def broken_write_index(self, index):
+    def broken_write_index(self, index, **kw):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(index_store.StoreWriter, "write_index", broken_write_index)
@@ -203,8 +203,9 @@ def test_moved_clip_folder_is_accepted_by_fingerprint(store_dir, tiny_clip_dir, 
 def test_manifest_is_self_describing(store_dir):
     m = json.loads((store_dir / MANIFEST).read_text())
     assert m["format"] == "nearest-prompt-index" and m["format_version"] == 1
-    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX}
+    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX}
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
     assert m["build"]["config"]["near_dup_threshold"] == 0.95
     assert {"torch", "faiss-cpu", "open_clip_torch", "sentence-transformers"} <= set(m["versions"])
     assert m["index"]["type"] == "flat" and m["index"]["recall_at_10"] == 1.0
+    assert m["minilm_index"]["type"] == "flat" and m["minilm_index"]["dim"] == 384
