@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -248,7 +247,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from retriever.submission import write_confidence, write_npy, write_submission
+    from retriever.submission import duplicate_ids, write_confidence, write_npy, write_submission
     from retriever.weighting import Weighting
 
     from .images import collect_images
@@ -262,8 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     weighting = Weighting(scheme=args.weighting, power=args.power, eps=args.eps,
                           temperature=args.temperature).validate()
     image_set = collect_images(args.images, max_pixels=args.max_pixels)
-    stems = Counter(p.stem for p in image_set.paths)
-    dupes = sorted(s for s, c in stems.items() if c > 1)
+    dupes = duplicate_ids([p.stem for p in image_set.paths])  # checked before the slow part
     if dupes:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
     r = _open_retriever(args)

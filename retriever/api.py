@@ -16,7 +16,7 @@ from nearest_prompt.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_im
 from nearest_prompt.minilm import MiniLMEncoder, load_minilm
 from nearest_prompt.progress import progress_bar
 
-from .search import Neighbors, check_k, search
+from .search import Neighbors, search
 from .weighting import Prediction, Weighting, blend
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,6 @@ class Retriever:
                 weighting: Weighting | None = None) -> Prediction:
         """One unit 384-d vector and a confidence per query vector (see ``retriever.weighting``)."""
         weighting = (weighting or Weighting()).validate()
-        check_k(k, self.rows)
         return blend(self.search(queries, k=k), self.store.minilm, weighting)
 
     def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:

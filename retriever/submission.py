@@ -16,12 +16,17 @@ from nearest_prompt.errors import InputError
 HEADER = ("imgId_eId", "val")
 
 
+def duplicate_ids(image_ids: Sequence[str]) -> list[str]:
+    """The ids that occur more than once, sorted."""
+    return sorted(i for i, c in Counter(image_ids).items() if c > 1)
+
+
 def _check(image_ids: Sequence[str], vectors: np.ndarray) -> None:
     if vectors.ndim != 2 or len(image_ids) != len(vectors):
         raise InputError(f"{len(image_ids)} image ids for vectors of shape {vectors.shape}")
-    dupes = [i for i, c in Counter(image_ids).items() if c > 1]
+    dupes = duplicate_ids(image_ids)
     if dupes:
-        raise InputError(f"duplicate image ids (file stems) {sorted(dupes)[:5]}: rename or predict them separately")
+        raise InputError(f"duplicate image ids (file stems) {dupes[:5]}: rename or predict them separately")
     bad = [i for i in image_ids if "," in i or "\n" in i]
     if bad:
         raise InputError(f"image id {bad[0]!r} cannot be written to a submission (comma or newline)")
