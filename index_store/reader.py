@@ -105,12 +105,34 @@ def verify_files(path: Path, manifest: dict[str, Any], *, verify: str = "auto") 
 
 
 def _read_index(fpath: Path) -> Any:
+    """Read with the file memory-mapped in place (flat codes, IVF lists, HNSW storage stay on disk
+    until searched). IO_FLAG_MMAP_IFC must not be combined with IO_FLAG_MMAP: faiss then refuses
+    IVF indexes, and an earlier version of this function silently fell back to a full read."""
     import faiss
 
-    try:  # memory-map flat codes / inverted lists where faiss supports it
-        return faiss.read_index(str(fpath), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
+    try:
+        return faiss.read_index(str(fpath), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as e:
+        log.warning("%s could not be memory-mapped (%s); reading it into memory", fpath.name,
+                    str(e).splitlines()[0][:120])
         return faiss.read_index(str(fpath))
+
+
+def is_memory_mapped(index: Any) -> bool:
+    """True when the bulk of ``index`` (flat codes, IVF lists or HNSW storage) is a view of the file."""
+    import faiss
+
+    outer = faiss.downcast_index(index)  # keep the owner alive while its parts are inspected
+    inner = faiss.downcast_index(outer.storage) if isinstance(outer, faiss.IndexHNSW) else outer
+    if isinstance(inner, faiss.IndexFlatCodes):
+        return not inner.codes.is_owned
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        lists = faiss.downcast_InvertedLists(ivf.invlists)
+        if isinstance(lists, faiss.ArrayInvertedLists):
+            return ivf.nlist == 0 or not any(lists.codes.at(i).is_owned for i in range(ivf.nlist))
+        return isinstance(lists, faiss.OnDiskInvertedLists)
+    return False
 
 
 def open_store(path: str | Path, *, verify: str = "auto") -> Store:

@@ -7,7 +7,7 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -55,17 +55,33 @@ class StoreWriter:
         if not self._committed:
             shutil.rmtree(self.staging, ignore_errors=True)
 
-    def write_prompts(self, prompts: Sequence[str] | pa.Array) -> int:
-        arr = prompts if isinstance(prompts, pa.Array) else pa.array(list(prompts), type=pa.string())
+    def write_prompts(self, prompts: Sequence[str] | pa.Array | pa.ChunkedArray) -> int:
+        arr = prompts if isinstance(prompts, (pa.Array, pa.ChunkedArray)) else pa.array(list(prompts), type=pa.string())
         table = pa.table({"id": pa.array(np.arange(len(arr), dtype=np.int64)), "prompt": arr})
         with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink:
             with pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table, max_chunksize=65536)
         return len(arr)
 
-    def minilm_array(self, rows: int, dim: int) -> np.ndarray:
-        """A writable float16 memmap [rows, dim] in the staging directory for the caller to fill."""
-        return np.lib.format.open_memmap(self.staging / MINILM, mode="w+", dtype=np.float16, shape=(rows, dim))
+    def write_minilm(self, blocks: Iterable[np.ndarray], *, rows: int, dim: int) -> None:
+        """Write the float16 [rows, dim] MiniLM matrix from row blocks given in order.
+
+        Plain buffered writes, not a writable memmap: dirty pages of a
+        mapping count in the process's resident set until written back.
+        """
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                  "shape": (rows, dim)}
+        written = 0
+        with open(self.staging / MINILM, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for block in blocks:
+                block = np.ascontiguousarray(block, dtype=np.float16)
+                if block.ndim != 2 or block.shape[1] != dim:
+                    raise StoreError(f"internal error: MiniLM block of shape {block.shape}, expected (*, {dim})")
+                f.write(block.data)
+                written += len(block)
+        if written != rows:
+            raise StoreError(f"internal error: {written} MiniLM rows written, {rows} expected")
 
     @property
     def minilm_path(self) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 if TYPE_CHECKING:
     from .readers import Source
@@ -70,22 +70,31 @@ class ExactDeduper:
         return out
 
 
-def read_unique_prompts(sources: list["Source"], *, limit: int | None = None,
-                        on_batch: Callable[[int], None] | None = None) -> tuple[list[str], CleanStats]:
-    """Cleaned, exactly-deduplicated prompts of ``sources`` in order; stops after ``limit`` of them.
+def iter_unique_prompts(sources: list["Source"], dedup: ExactDeduper, *, limit: int | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> Iterator[list[str]]:
+    """Cleaned, exactly-deduplicated prompts of ``sources`` in order, one list per batch read;
+    stops after ``limit`` of them. ``dedup.stats`` counts what was read.
 
     ``on_batch(n)`` is called with the number of raw values of each batch read (progress bars).
     """
     from .readers import iter_values
 
-    dedup = ExactDeduper()
-    prompts: list[str] = []
+    total = 0
     for source in sources:
         for values in iter_values(source):
-            room = None if limit is None else limit - len(prompts)
-            prompts.extend(dedup.feed(values, max_new=room))
+            new = dedup.feed(values, max_new=None if limit is None else limit - total)
+            total += len(new)
             if on_batch is not None:
                 on_batch(len(values))
-            if limit is not None and len(prompts) >= limit:
-                return prompts, dedup.stats
+            if new:
+                yield new
+            if limit is not None and total >= limit:
+                return
+
+
+def read_unique_prompts(sources: list["Source"], *, limit: int | None = None,
+                        on_batch: Callable[[int], None] | None = None) -> tuple[list[str], CleanStats]:
+    """All of ``iter_unique_prompts`` in one list, with the cleaning statistics."""
+    dedup = ExactDeduper()
+    prompts = [p for batch in iter_unique_prompts(sources, dedup, limit=limit, on_batch=on_batch) for p in batch]
     return prompts, dedup.stats

@@ -10,7 +10,7 @@ from nearest_prompt.errors import InputError
 from nearest_prompt.minilm import DEFAULT_MINILM
 
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
 
 
 @dataclass(frozen=True, kw_only=True)

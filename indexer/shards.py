@@ -7,13 +7,14 @@ every shard whose file exists with the right shape.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
+from index_store.atomic import commit_file
 from nearest_prompt.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,7 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npy")
     try:
         np.save(tmp, array)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        commit_file(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -40,8 +39,8 @@ def _shard_ok(path: Path, rows: int, dim: int) -> bool:
     return arr.shape == (rows, dim)
 
 
-def embed_in_shards(texts: Sequence[str], *, encode: Encode, dim: int, folder: Path, shard_size: int,
-                    batch_size: int, dtype: np.dtype, desc: str, progress: bool) -> list[Path]:
+def embed_in_shards(texts: Sequence[str] | pa.Array | pa.ChunkedArray, *, encode: Encode, dim: int, folder: Path,
+                    shard_size: int, batch_size: int, dtype: np.dtype, desc: str, progress: bool) -> list[Path]:
     """Embed ``texts`` into ``folder/NNNNN.npy`` shards of ``shard_size`` rows, in text order.
 
     Within a shard, texts are embedded in batches sorted by length (less
@@ -59,6 +58,8 @@ def embed_in_shards(texts: Sequence[str], *, encode: Encode, dim: int, folder: P
                 bar.update(stop - start)
                 continue
             shard = texts[start:stop]
+            if not isinstance(shard, list):  # an Arrow column: Python strings for this shard only
+                shard = shard.to_pylist() if hasattr(shard, "to_pylist") else list(shard)
             order = np.argsort([-len(t) for t in shard], kind="stable")
             out = np.empty((stop - start, dim), dtype=dtype)
             for b in range(0, len(order), batch_size):
@@ -70,13 +71,22 @@ def embed_in_shards(texts: Sequence[str], *, encode: Encode, dim: int, folder: P
 
 
 class ShardedMatrix:
-    """Read-only view of row shards as one [rows, dim] matrix (memory-mapped)."""
+    """Read-only view of row shards as one [rows, dim] matrix.
+
+    Each read maps the shard files it needs and unmaps them before
+    returning, so touched pages do not pile up in the process's resident
+    set over a pass through the whole matrix: memory is what a read
+    returns, whatever the matrix size.
+    """
 
     def __init__(self, paths: Sequence[Path]):
-        self.parts = [np.load(p, mmap_mode="r") for p in paths]
-        sizes = [len(p) for p in self.parts]
+        self.paths = [Path(p) for p in paths]
+        headers = [np.load(p, mmap_mode="r") for p in self.paths]
+        sizes = [len(h) for h in headers]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.dim = self.parts[0].shape[1] if self.parts else 0
+        self.dim = headers[0].shape[1] if headers else 0
+        self.dtype = headers[0].dtype if headers else np.dtype(np.float32)
+        del headers
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -92,11 +102,17 @@ class ShardedMatrix:
                 raise ValueError("ShardedMatrix slices take no step")
             key = np.arange(start, stop)
         rows = np.asarray(key, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=self.parts[0].dtype if self.parts else np.float32)
+        out = np.empty((len(rows), self.dim), dtype=self.dtype)
         which = np.searchsorted(self.offsets, rows, side="right") - 1
         for s in np.unique(which):
             sel = which == s
-            out[sel] = self.parts[s][rows[sel] - self.offsets[s]]
+            part = np.load(self.paths[s], mmap_mode="r")
+            local = rows[sel] - self.offsets[s]
+            if len(local) and local[-1] - local[0] == len(local) - 1 and np.all(np.diff(local) == 1):
+                out[sel] = part[local[0]:local[-1] + 1]  # contiguous: one sequential copy
+            else:
+                out[sel] = part[local]
+            del part  # unmap now
         return out
 
     def chunks(self, rows: int):

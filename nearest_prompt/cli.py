@@ -343,14 +343,16 @@ def _size(n: float) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from index_store import open_store
+    from index_store.reader import is_memory_mapped
 
     store = open_store(args.index, verify="full" if args.verify else "auto")
     m = store.manifest
     total = sum(f["bytes"] for f in m["files"].values())
     rows = max(store.rows, 1)
+    mapped = {"clip": is_memory_mapped(store.index), "minilm": is_memory_mapped(store.minilm_index)}
     if args.json:
-        json.dump({**m, "path": str(store.path), "bytes_total": total, "bytes_per_prompt": total / rows},
-                  sys.stdout, indent=2)
+        json.dump({**m, "path": str(store.path), "bytes_total": total, "bytes_per_prompt": total / rows,
+                   "memory_mapped": mapped}, sys.stdout, indent=2)
         print()
         return 0
     clip, mini, idx, bld = m["models"]["clip"], m["models"]["minilm"], m["index"], m["build"]
@@ -369,6 +371,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "files:",
         *[f"  {name:<14}{_size(f['bytes']):>12}" for name, f in m["files"].items()],
         f"  {'total':<14}{_size(total):>12}  ({total / rows:.0f} bytes per prompt)",
+        "opened        " + ", ".join(f"{k} index {'memory-mapped' if v else 'read into memory'}"
+                                     for k, v in mapped.items()),
         "build options: " + ", ".join(f"{k}={v}" for k, v in bld["config"].items()),
         "build stats:   " + ", ".join(f"{k}={v}" for k, v in bld["stats"].items()),
         "sources:       " + ", ".join(s["path"] for s in bld["sources"]),

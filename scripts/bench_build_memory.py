@@ -6,10 +6,12 @@ Both use stand-in encoders (random vectors, see bench_common) so that 1.96M
 prompts fit in minutes on 2 CPU cores; model memory is not included (MiniLM
 ~90 MB, ViT-H-14 text tower ~1.4 GB fp32, both constant in corpus size).
 Ours: ``indexer.build`` (streaming reads, shards, FAISS near-dedup, index
-chosen by a 4 GiB budget). Naive: read the whole parquet, dedup with a set,
-embed everything into two in-memory matrices, exact flat index. Then the
-store is opened and the RSS right after open is compared with its size on
-disk (memory-mapping).
+chosen by a 4 GiB budget), with its peak RSS per build stage (sampled every
+0.2 s; "anon" is RssAnon, the part that is not file pages) and its exact
+peak (VmHWM). Naive: read the whole parquet, dedup with a set, embed
+everything into two in-memory matrices, exact flat index. Then the store is
+opened and the RSS right after open, and after 100 searches, is compared
+with its size on disk (memory-mapping).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import FakeClipText, FakeMiniLM, PeakRSS, rss_bytes  # noqa: E402
+from bench_common import FakeClipText, FakeMiniLM, PeakRSS, memory_status  # noqa: E402
 from nearest_prompt.paths import shared_data_dir  # noqa: E402
 
 GiB = 2 ** 30
@@ -37,10 +39,11 @@ def ours(limit: int | None, dim: int, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = indexer.BuildConfig(limit=limit, shard_size=100_000, batch_size=8192)
     t = time.perf_counter()
-    with PeakRSS() as peak:
+    with PeakRSS().follow_build_stages() as peak:
         r = indexer.build([shared_data_dir() / "prompts" / "sd_prompts.parquet"], out, config=cfg,
                           clip=FakeClipText(dim=dim), minilm=FakeMiniLM(), progress=True)
-    return {"rows": r.rows, "seconds": time.perf_counter() - t, "peak_rss": peak.peak}
+    return {"rows": r.rows, "seconds": time.perf_counter() - t, "peak_rss": memory_status()["VmHWM"],
+            "peak_anon": peak.peak_anon, "by_stage": peak.by_stage}
 
 
 def naive(limit: int | None, dim: int) -> dict:
@@ -74,16 +77,37 @@ def open_rss(out: Path) -> dict:
 
     code = f"""
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
-from bench_common import rss_bytes
-import index_store, faiss, numpy, pyarrow
-before = rss_bytes()
+from bench_common import memory_status
+import index_store, faiss, numpy as np, pyarrow
+from index_store.reader import is_memory_mapped
+before = memory_status()["VmRSS"]
 s = index_store.open_store({str(out)!r}, verify="size")
-print(before, rss_bytes())
+opened = memory_status()["VmRSS"]
+q = s.minilm[np.random.default_rng(0).choice(s.rows, 100, replace=False)].astype(np.float32)
+s.minilm_index.search(q, 10)
+s.index.search(np.random.default_rng(1).standard_normal((100, s.index.d), dtype=np.float32), 10)
+m = memory_status()
+print(before, opened, m["VmRSS"], m["RssAnon"], int(is_memory_mapped(s.index)), int(is_memory_mapped(s.minilm_index)))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, after = map(int, p.stdout.split())
+    before, after, searched, searched_anon, m1, m2 = map(int, p.stdout.split())
     size = sum(f.stat().st_size for f in out.iterdir())
-    return {"store_bytes": size, "rss_before_open": before, "rss_after_open": after}
+    return {"store_bytes": size, "rss_before_open": before, "rss_after_open": after, "rss_after_search": searched,
+            "anon_after_search": searched_anon,
+            "mapped": bool(m1 and m2)}
+
+
+def print_open(o: dict) -> None:
+    print(f"open : store {o['store_bytes'] / GiB:.2f} GiB on disk; RSS {o['rss_before_open'] / GiB:.2f} GiB "
+          f"before open (imports), {o['rss_after_open'] / GiB:.2f} GiB after open, "
+          f"{o['rss_after_search'] / GiB:.2f} GiB after 100 searches in each index (anonymous "
+          f"{o['anon_after_search'] / GiB:.2f} GiB, the rest is file pages); "
+          f"both indexes memory-mapped: {o['mapped']}")
+
+
+def print_naive(n: dict) -> None:
+    print(f"naive: {n['rows']:,} prompts in {n['seconds']:.0f} s, peak RSS {n['peak_rss'] / GiB:.2f} GiB "
+          "(no near-dedup, exact flat index)")
 
 
 if __name__ == "__main__":
@@ -92,20 +116,22 @@ if __name__ == "__main__":
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--only-naive", action="store_true")
+    ap.add_argument("--open-only", action="store_true", help="only the open/search part, on an existing --out")
     ap.add_argument("--out", default="runs/bench_full_store")
     a = ap.parse_args()
     out = Path(a.out)
     if a.only_naive:
-        n = naive(a.limit, a.dim)
-        print(f"naive: {n['rows']:,} prompts in {n['seconds']:.0f} s, peak RSS {n['peak_rss'] / GiB:.2f} GiB "
-              "(no near-dedup, exact flat index)")
+        print_naive(naive(a.limit, a.dim))
+        sys.exit(0)
+    if a.open_only:
+        print_open(open_rss(out))
         sys.exit(0)
     r = ours(a.limit, a.dim, out)
-    print(f"ours : {r['rows']:,} prompts in {r['seconds']:.0f} s, peak RSS {r['peak_rss'] / GiB:.2f} GiB")
-    o = open_rss(out)
-    print(f"open : store {o['store_bytes'] / GiB:.2f} GiB on disk; RSS {o['rss_before_open'] / GiB:.2f} GiB "
-          f"before open (imports), {o['rss_after_open'] / GiB:.2f} GiB after")
+    print(f"ours : {r['rows']:,} prompts in {r['seconds']:.0f} s, peak RSS {r['peak_rss'] / GiB:.2f} GiB "
+          f"(VmHWM), peak anonymous {r['peak_anon'] / GiB:.2f} GiB (sampled)")
+    print("| stage | peak RSS GiB | peak anon GiB |\n|---|---|---|")
+    for stage, (rss, anon) in r["by_stage"].items():
+        print(f"| {stage} | {rss / GiB:.2f} | {anon / GiB:.2f} |")
+    print_open(open_rss(out))
     if not a.skip_naive:
-        n = naive(a.limit, a.dim)
-        print(f"naive: {n['rows']:,} prompts in {n['seconds']:.0f} s, peak RSS {n['peak_rss'] / GiB:.2f} GiB "
-              "(no near-dedup, exact flat index)")
+        print_naive(naive(a.limit, a.dim))

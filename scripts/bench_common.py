@@ -19,19 +19,60 @@ from nearest_prompt.clip import ClipInfo
 from nearest_prompt.minilm import MiniLMInfo
 
 
-def rss_bytes() -> int:
+def memory_status() -> dict[str, int]:
+    """This process's VmRSS, RssAnon, RssFile, RssShmem and VmHWM from /proc/self/status, in bytes."""
+    found = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                found[key] = int(line.split()[1]) * 1024
+    return found
+
+
+def rss_bytes() -> int:
+    return memory_status().get("VmRSS", 0)
 
 
 class PeakRSS:
-    """Samples this process's RSS every ``interval`` seconds in a thread; ``peak`` in bytes."""
+    """Samples this process's RSS every ``interval`` seconds in a thread.
+
+    ``peak``: peak VmRSS (anonymous + file-backed pages) in bytes;
+    ``peak_anon``: peak RssAnon (heap, arrays, FAISS structures: what cannot
+    be reclaimed without swap). ``by_stage``: both peaks per build stage when
+    ``follow_build_stages()`` was called (stages come from the
+    ``build stage: NAME`` log records of ``indexer.build``).
+    """
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, rss_bytes(), threading.Event()
+        m = memory_status()
+        self.interval, self._stop = interval, threading.Event()
+        self.peak, self.peak_anon = m.get("VmRSS", 0), m.get("RssAnon", 0)
+        self.stage, self.by_stage = "start", {}
+
+    def follow_build_stages(self) -> "PeakRSS":
+        import logging
+
+        owner = self
+
+        class _Stages(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                msg = record.getMessage()
+                if msg.startswith("build stage: "):
+                    owner._sample()
+                    owner.stage = msg.split(": ", 1)[1]
+
+        logger = logging.getLogger("indexer.build")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(_Stages())
+        return self
+
+    def _sample(self) -> None:
+        m = memory_status()
+        rss, anon = m.get("VmRSS", 0), m.get("RssAnon", 0)
+        self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
+        old = self.by_stage.get(self.stage, (0, 0))
+        self.by_stage[self.stage] = (max(old[0], rss), max(old[1], anon))
 
     def __enter__(self) -> "PeakRSS":
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -40,12 +81,12 @@ class PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes())
+            self._sample()
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, rss_bytes())
+        self._sample()
 
 
 def _vectors(texts: list[str], dim: int) -> np.ndarray:

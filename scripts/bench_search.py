@@ -6,7 +6,8 @@ For each (N, d): queries/s for single queries and for batches of 1,000, and
 recall@10 against exact search, for numpy brute force (the baseline), FAISS
 flat, and each index type as ``indexer.faiss_index.build_index`` builds it
 (IVF trained on a random sample, nprobe/efSearch tuned to recall 0.95 at
-build). HNSW is built only up to --hnsw-max rows (its build is slow on 2 cores).
+build). HNSW is built only up to --hnsw-max rows and IVF-Flat up to --ivf-max rows
+(their builds are slow on 2 cores, and IVF-Flat at 2M x 1024 is 8 GB beside the 8 GB data).
 Data: 4,096 random unit centres, points = centre + noise (cosine ~0.8 to their
 centre), normalised; queries are fresh points from the same distribution.
 """
@@ -85,7 +86,7 @@ def recall(got: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / exact.shape[1] for a, b in zip(got, exact)]))
 
 
-def bench(n: int, d: int, nq: int, hnsw_max: int, types: list[str]) -> list[dict]:
+def bench(n: int, d: int, nq: int, hnsw_max: int, ivf_max: int, types: list[str]) -> list[dict]:
     import faiss
 
     from indexer.faiss_index import build_index, plan_index
@@ -102,7 +103,7 @@ def bench(n: int, d: int, nq: int, hnsw_max: int, types: list[str]) -> list[dict
                  "bytes": int(x.nbytes)})
     print(rows[-1], flush=True)
     for kind in ["flat"] + types:
-        if kind == "hnsw" and n > hnsw_max:
+        if (kind == "hnsw" and n > hnsw_max) or (kind == "ivf" and n > ivf_max):
             continue
         t0 = time.perf_counter()
         index, info = build_index(ArrayMatrix(x), plan_index(n, d, index_type=kind), seed=0)
@@ -126,8 +127,9 @@ if __name__ == "__main__":
     ap.add_argument("--sizes", default="100000,1000000,2000000")
     ap.add_argument("--dims", default="1024,384")
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--types", default="ivf,ivfpq,hnsw")
+    ap.add_argument("--types", default="ivf,ivfsq8,ivfpq,hnsw")
     ap.add_argument("--hnsw-max", type=int, default=100_000)
+    ap.add_argument("--ivf-max", type=int, default=1_000_000)
     ap.add_argument("--out", default="runs/bench_search.json")
     a = ap.parse_args()
     import faiss
@@ -138,7 +140,7 @@ if __name__ == "__main__":
     results = []
     for d in [int(v) for v in a.dims.split(",")]:
         for n in [int(v) for v in a.sizes.split(",")]:
-            results += bench(n, d, a.queries, a.hnsw_max, a.types.split(","))
+            results += bench(n, d, a.queries, a.hnsw_max, a.ivf_max, a.types.split(","))
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)

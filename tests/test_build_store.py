@@ -209,3 +209,40 @@ def test_manifest_is_self_describing(store_dir):
     assert {"torch", "faiss-cpu", "open_clip_torch", "sentence-transformers"} <= set(m["versions"])
     assert m["index"]["type"] == "flat" and m["index"]["recall_at_10"] == 1.0
     assert m["minilm_index"]["type"] == "flat" and m["minilm_index"]["dim"] == 384
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfsq8", "ivfpq", "hnsw"])
+def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, build_config, clip_encoder,
+                                                                     minilm, kind):
+    import faiss
+    from dataclasses import replace
+
+    from index_store.reader import is_memory_mapped
+
+    out = tmp_path / kind
+    indexer.build([_small_corpus(tmp_path, 120)], out, config=replace(build_config, index_type=kind),
+                  clip=clip_encoder, minilm=minilm, progress=False)
+    store = index_store.open_store(out)
+    assert store.manifest["index"]["type"] == kind
+    for index, name in ((store.index, CLIP_INDEX), (store.minilm_index, MINILM_INDEX)):
+        assert is_memory_mapped(index), name
+        in_memory = faiss.read_index(str(out / name))
+        assert not is_memory_mapped(in_memory)
+        q = np.ascontiguousarray(store.minilm[:7], dtype=np.float32) if index.d == 384 else \
+            clip_encoder.encode_text(store.prompts(range(7)))
+        d_map, i_map = index.search(q, 5)
+        d_mem, i_mem = in_memory.search(q, 5)
+        np.testing.assert_array_equal(i_map, i_mem)
+        np.testing.assert_array_equal(d_map, d_mem)
+
+
+def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
+    from index_store.writer import StoreWriter
+    from nearest_prompt.errors import StoreError
+
+    x = rng.normal(size=(10, 384)).astype(np.float16)
+    with StoreWriter(tmp_path / "s") as w:
+        w.write_minilm([x[:3], x[3:]], rows=10, dim=384)
+        np.testing.assert_array_equal(np.load(w.minilm_path), x)
+        with pytest.raises(StoreError, match="9 MiniLM rows written"):
+            w.write_minilm([x[:9]], rows=10, dim=384)

@@ -67,9 +67,11 @@ def test_build_query_predict_info(cli_store, capsys, tmp_path):
 
     code, out, _ = run(capsys, "info", "--index", cli_store, "--verify")
     assert code == 0 and "bytes per prompt" in out and "all verified" in out
+    assert "clip index memory-mapped, minilm index memory-mapped" in out
     code, out, _ = run(capsys, "info", "--index", cli_store, "--json")
     info = json.loads(out)
     assert info["rows"] > 0 and info["bytes_per_prompt"] > 0
+    assert info["memory_mapped"] == {"clip": True, "minilm": True}
 
 
 def test_console_script_error_has_no_traceback(tmp_path):

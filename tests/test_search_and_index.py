@@ -1,5 +1,7 @@
 """Search against an exact numpy oracle; index types against exact recall."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -46,8 +48,8 @@ def test_sharded_matrix_rows_match_concatenation(tmp_path, rng):
     assert m.shape == (1000, 8)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
-def test_approximate_index_recall_against_exact(kind, tmp_path, rng):
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq8", "hnsw", "ivfpq"])
+def test_approximate_index_recall_against_exact(kind, tmp_path, rng, caplog):
     # clustered data, like real embeddings; recall measured here with an independent oracle
     centers = unit(rng.normal(size=(64, 64)))
     base = unit(centers[rng.integers(0, 64, 20_000)] + 0.08 * rng.normal(size=(20_000, 64)))
@@ -60,13 +62,20 @@ def test_approximate_index_recall_against_exact(kind, tmp_path, rng):
     floor = 0.5 if kind == "ivfpq" else 0.9
     assert recall >= floor, (kind, recall, info)
     assert abs(info["recall_at_10"] - recall) < 0.15, (info, recall)  # the recorded estimate is honest
+    assert ("raise --memory-budget" in caplog.text) == (info["recall_at_10"] < 0.95)  # warned iff short
 
 
 def test_auto_plan_by_size_and_budget():
     assert plan_index(50_000, 1024).type == "flat"
     assert plan_index(500_000, 1024, memory_budget_gb=4).type == "ivf"
-    assert plan_index(2_000_000, 1024, memory_budget_gb=4).type == "ivfpq"
+    assert plan_index(2_000_000, 1024, memory_budget_gb=4).type == "ivfsq8"
+    assert plan_index(2_000_000, 1024, memory_budget_gb=1).type == "ivfpq"
+    for n, d, budget in [(500_000, 1024, 4), (2_000_000, 1024, 4), (2_000_000, 384, 1), (10_000_000, 1024, 3)]:
+        plan = plan_index(n, d, memory_budget_gb=budget)
+        assert plan.estimated_bytes(n, d) <= budget * 2**30 or plan.type == "ivfpq"
     assert plan_index(10, 8, index_type="hnsw").type == "hnsw"
+    assert plan_index(120, 16, index_type="ivfpq").params["nbits"] == 6  # 2^nbits <= training points
+    assert plan_index(10, 16, index_type="ivfpq").type == "flat"  # too few rows for PQ at all
 
 
 def test_search_masks_faiss_padding(tmp_path, rng):
@@ -86,3 +95,42 @@ def test_k_larger_than_index_is_refused(tmp_path, rng):
         search(index, unit(rng.normal(size=(1, 8))), k=6)
     with pytest.raises(InputError, match="shape"):
         search(index, np.zeros((1, 9), np.float32), k=1)
+
+
+def test_sharded_matrix_keeps_no_mapping_open(tmp_path, rng):
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    m = _shards(tmp_path, x, 100)
+    np.testing.assert_array_equal(m[np.array([5, 150, 299])], x[[5, 150, 299]])
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    assert str(tmp_path) not in maps  # every read unmapped its shards before returning
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq8", "ivfpq"])
+def test_presized_add_builds_the_same_index_as_faiss_add(kind, tmp_path, rng, monkeypatch):
+    import faiss
+
+    from indexer import faiss_index
+    from indexer.faiss_index import _new_index, add_presized
+
+    monkeypatch.setattr(faiss_index, "ENCODE_CHUNK", 1000)  # several chunks: list order across chunks
+
+    x = unit(rng.normal(size=(3000, 32)))
+    plan = plan_index(3000, 32, index_type=kind)
+    ours, theirs = _new_index(plan, 32), _new_index(plan, 32)
+    ours.train(x[:2000])
+    theirs.train(x[:2000])
+    add_presized(ours, _shards(tmp_path, x, 700))
+    theirs.add(x)
+    assert ours.ntotal == theirs.ntotal == 3000
+    a = faiss.extract_index_ivf(ours).invlists
+    b = faiss.extract_index_ivf(theirs).invlists
+    for list_no in range(plan.params["nlist"]):
+        assert a.list_size(list_no) == b.list_size(list_no)
+        size = a.list_size(list_no)
+        if size:
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(a.get_ids(list_no), size),
+                                          faiss.rev_swig_ptr(b.get_ids(list_no), size))
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(a.get_codes(list_no), size * a.code_size),
+                                          faiss.rev_swig_ptr(b.get_codes(list_no), size * b.code_size))
+    q = unit(rng.normal(size=(20, 32)))
+    np.testing.assert_array_equal(ours.search(q, 10)[1], theirs.search(q, 10)[1])
