@@ -30,10 +30,6 @@ def memory_status() -> dict[str, int]:
     return found
 
 
-def rss_bytes() -> int:
-    return memory_status().get("VmRSS", 0)
-
-
 class PeakRSS:
     """Samples this process's RSS every ``interval`` seconds in a thread.
 
