@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_ROWS = 100_000  # above this, search an IVF index instead of exact flat
 CHUNK = 16_384
+CANDIDATE_MARGIN = 0.02  # IVF-SQ8 scores are approximate: keep candidates this far below the threshold,
+                         # then decide on exact cosines
 
 
 def _knn_index(vectors: np.ndarray, *, seed: int):
@@ -30,7 +32,7 @@ def _knn_index(vectors: np.ndarray, *, seed: int):
     else:
         nlist = int(4 * np.sqrt(n))
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist,
-                                              faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+                                              faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))
         index.train(np.asarray(vectors[sample], dtype=np.float32))
@@ -43,7 +45,11 @@ def _knn_index(vectors: np.ndarray, *, seed: int):
 def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
                          progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate pairs (lo < hi) with cosine above ``threshold`` among each row's ``k`` neighbours,
-    and their cosines. One search serves every threshold >= ``threshold`` (see ``keep_from_pairs``)."""
+    and their exact cosines. One search serves every threshold >= ``threshold`` (see ``keep_from_pairs``).
+
+    Above ``EXACT_MAX_ROWS`` the neighbours come from an IVF index with 8-bit
+    codes (384 bytes per 384-d vector); its scores only pick candidates, and
+    every candidate is rescored exactly from ``vectors``."""
     n = len(vectors)
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
@@ -56,14 +62,25 @@ def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float, k: int = 16, 
             q = np.asarray(vectors[start:start + CHUNK], dtype=np.float32)
             sims, ids = index.search(q, kk)
             rows = np.arange(start, start + len(q))[:, None]
-            hit = (ids >= 0) & (ids != rows) & (sims > threshold)
+            hit = (ids >= 0) & (ids != rows) & (sims > threshold - CANDIDATE_MARGIN)
             r, c = np.nonzero(hit)
             a, b = rows[r, 0], ids[r, c]
-            lo_parts.append(np.minimum(a, b))
-            hi_parts.append(np.maximum(a, b))
-            sim_parts.append(sims[r, c])
+            exact = _exact_cosines(q[r], vectors, b)
+            ok = exact > threshold
+            lo_parts.append(np.minimum(a, b)[ok])
+            hi_parts.append(np.maximum(a, b)[ok])
+            sim_parts.append(exact[ok])
             bar.update(len(q))
     return np.concatenate(lo_parts), np.concatenate(hi_parts), np.concatenate(sim_parts)
+
+
+def _exact_cosines(q: np.ndarray, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of ``q`` with ``vectors[ids]`` in float32 (rows read in sorted order)."""
+    if not len(ids):
+        return np.empty(0, dtype=np.float32)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    other = np.asarray(vectors[uniq], dtype=np.float32)[inverse]
+    return np.einsum("ij,ij->i", q, other).astype(np.float32)
 
 
 def keep_from_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sims: np.ndarray, *, threshold: float) -> np.ndarray:

@@ -131,9 +131,10 @@ def build_index(vectors: ShardedMatrix, plan: IndexPlan, *, seed: int = 0) -> tu
             "dim": d, "ntotal": int(index.ntotal), "recall_at_10": round(recall, 4)}
     log.info("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
     if recall < TARGET_RECALL:
-        log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting; "
-                    "raise --memory-budget or choose a more precise --index-type (ivfsq8, ivf)",
-                    plan.type, recall, TARGET_RECALL)
+        finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(plan.type)
+        log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
+                    plan.type, recall, TARGET_RECALL,
+                    f"; raise --memory-budget or choose --index-type {finer}" if finer else "")
     return index, info
 
 
