@@ -15,6 +15,8 @@ import numpy as np
 
 from nearest_prompt.progress import progress_bar
 
+from .faiss_index import add_presized
+
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ROWS = 100_000  # above this, search an IVF index instead of exact flat
@@ -37,6 +39,8 @@ def _knn_index(vectors: np.ndarray, *, seed: int):
         sample = np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))
         index.train(np.asarray(vectors[sample], dtype=np.float32))
         index.nprobe = 16
+        add_presized(index, vectors)  # lists allocated once, as for the store's indexes
+        return index
     for start in range(0, n, CHUNK * 8):
         index.add(np.asarray(vectors[start:start + CHUNK * 8], dtype=np.float32))
     return index

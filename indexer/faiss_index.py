@@ -138,7 +138,13 @@ def build_index(vectors: ShardedMatrix, plan: IndexPlan, *, seed: int = 0) -> tu
     return index, info
 
 
-def add_presized(index: Any, vectors: ShardedMatrix) -> None:
+def _float_blocks(vectors: ShardedMatrix | np.ndarray, rows: int):
+    """(start, float32 block) pairs over any row-sliceable matrix (a ShardedMatrix or an array)."""
+    for start in range(0, len(vectors), rows):
+        yield start, np.ascontiguousarray(vectors[start:start + rows], dtype=np.float32)
+
+
+def add_presized(index: Any, vectors: ShardedMatrix | np.ndarray) -> None:
     """``index.add`` for every row of ``vectors``, with each inverted list allocated once at its final size.
 
     ``IndexIVF.add`` grows each list by reallocation; the freed buffers stay
@@ -155,13 +161,13 @@ def add_presized(index: Any, vectors: ShardedMatrix) -> None:
         raise ValueError("add_presized fills an empty IVF index with array inverted lists")
     n = len(vectors)
     list_nos = np.empty(n, dtype=np.int64)
-    for start, block in vectors.chunks(ENCODE_CHUNK):
+    for start, block in _float_blocks(vectors, ENCODE_CHUNK):
         list_nos[start:start + len(block)] = ivf.quantizer.assign(block, 1).ravel()
     counts = np.bincount(list_nos, minlength=ivf.nlist)
     for list_no in np.flatnonzero(counts).tolist():
         lists.resize(list_no, int(counts[list_no]))
     filled = np.zeros(ivf.nlist, dtype=np.int64)
-    for start, block in vectors.chunks(ENCODE_CHUNK):
+    for start, block in _float_blocks(vectors, ENCODE_CHUNK):
         order = np.argsort(list_nos[start:start + len(block)], kind="stable")  # by list, row order within
         nos, ids = list_nos[start:start + len(block)][order], order.astype(np.int64) + start
         block = np.ascontiguousarray(block[order])

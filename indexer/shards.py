@@ -108,7 +108,7 @@ class ShardedMatrix:
             sel = which == s
             part = np.load(self.paths[s], mmap_mode="r")
             local = rows[sel] - self.offsets[s]
-            if len(local) and local[-1] - local[0] == len(local) - 1 and np.all(np.diff(local) == 1):
+            if np.all(np.diff(local) == 1):
                 out[sel] = part[local[0]:local[-1] + 1]  # contiguous: one sequential copy
             else:
                 out[sel] = part[local]
