@@ -7,7 +7,7 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -55,13 +55,27 @@ class StoreWriter:
         if not self._committed:
             shutil.rmtree(self.staging, ignore_errors=True)
 
-    def write_prompts(self, prompts: Sequence[str] | pa.Array | pa.ChunkedArray) -> int:
-        arr = prompts if isinstance(prompts, (pa.Array, pa.ChunkedArray)) else pa.array(list(prompts), type=pa.string())
-        table = pa.table({"id": pa.array(np.arange(len(arr), dtype=np.int64)), "prompt": arr})
-        with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink:
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=65536)
-        return len(arr)
+    def write_prompts(self, prompts: Sequence[str] | pa.Array | pa.ChunkedArray | Iterator[pa.Array]) -> int:
+        """Write the prompt table (row id, prompt) from prompts, or from an iterator of Arrow string
+        blocks given in order (streamed: one block in memory at a time). Returns the row count."""
+        if isinstance(prompts, pa.ChunkedArray):
+            blocks: Iterable[pa.Array] = prompts.chunks
+        elif isinstance(prompts, pa.Array):
+            blocks = [prompts]
+        elif isinstance(prompts, Iterator):
+            blocks = prompts
+        else:
+            blocks = [pa.array(list(prompts), type=pa.string())]
+        schema = pa.schema([("id", pa.int64()), ("prompt", pa.string())])
+        rows = 0
+        with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for block in blocks:
+                for start in range(0, len(block), 65536):
+                    part = block.slice(start, 65536)
+                    ids = pa.array(np.arange(rows, rows + len(part), dtype=np.int64))
+                    writer.write_batch(pa.record_batch([ids, part], schema=schema))
+                    rows += len(part)
+        return rows
 
     def write_minilm(self, blocks: Iterable[np.ndarray], *, rows: int, dim: int) -> None:
         """Write the float16 [rows, dim] MiniLM matrix from row blocks given in order.
@@ -87,11 +101,12 @@ class StoreWriter:
     def minilm_path(self) -> Path:
         return self.staging / MINILM
 
-    def write_index(self, index: Any, *, space: str = "clip") -> None:
-        """Write the FAISS index of ``space`` ("clip" or "minilm")."""
-        import faiss
-
-        faiss.write_index(index, str(self.staging / (CLIP_INDEX if space == "clip" else MINILM_INDEX)))
+    def index_path(self, space: str = "clip") -> Path:
+        """Where the FAISS index of ``space`` ("clip" or "minilm") is to be written (IVF indexes are
+        written there list by list, never whole in memory: ``indexer.ivf_file``)."""
+        if space not in ("clip", "minilm"):
+            raise ValueError(f"space must be 'clip' or 'minilm', not {space!r}")
+        return self.staging / (CLIP_INDEX if space == "clip" else MINILM_INDEX)
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Checksum the files, write the manifest, and move the store to ``out``."""

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 import index_store
-from index_store.atomic import commit_file, write_bytes_atomic
+from index_store.atomic import write_bytes_atomic
 from nearest_prompt import __version__
 from nearest_prompt.clip import ClipEncoder, load_clip, parse_clip_spec
 from nearest_prompt.errors import InputError
@@ -35,6 +34,7 @@ from .clean import ExactDeduper, iter_unique_prompts
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
 from .faiss_index import build_index, plan_index
+from .prompt_file import PromptFile, write_prompt_file
 from .readers import Source, check_sources
 from .shards import ShardedMatrix, embed_in_shards
 
@@ -93,9 +93,7 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     t = time.perf_counter()
     keep = _near_dedup_stage(work, minilm_all, config, progress)
     kept = np.flatnonzero(keep)
-    kept_prompts = prompts if len(kept) == len(prompts) else prompts.take(pa.array(kept))
-    del prompts
-    _return_free_memory()
+    kept_prompts = _kept_prompts(work, prompts, keep, kept)
     timings["near_dedup"] = time.perf_counter() - t
 
     _stage("clip")
@@ -112,21 +110,18 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     clip_budget, minilm_budget = split_budget(config.memory_budget_gb)
     plan = plan_index(len(kept), clip.dim, index_type=config.index_type, memory_budget_gb=clip_budget)
     with index_store.StoreWriter(out) as writer:
-        writer.write_prompts(kept_prompts)
-        del kept_prompts
+        writer.write_prompts(kept_prompts.blocks())
         writer.write_minilm(_kept_rows(minilm_all, kept, progress), rows=len(kept), dim=minilm_all.dim)
         _stage("clip_index")
-        index, index_info = build_index(clip_all, plan, seed=config.seed)
-        writer.write_index(index, space="clip")
-        del index
+        index_info = build_index(clip_all, plan, path=writer.index_path("clip"), seed=config.seed)
         _return_free_memory()
         _stage("minilm_index")
         minilm_kept = ShardedMatrix([writer.minilm_path])
         minilm_plan = plan_index(len(kept), minilm_kept.dim, index_type=config.index_type,
                                  memory_budget_gb=minilm_budget)
-        index, minilm_index_info = build_index(minilm_kept, minilm_plan, seed=config.seed)
-        writer.write_index(index, space="minilm")
-        del index, minilm_kept
+        minilm_index_info = build_index(minilm_kept, minilm_plan, path=writer.index_path("minilm"),
+                                        seed=config.seed)
+        del minilm_kept
         _return_free_memory()
         _stage("commit")
         timings["index"] = time.perf_counter() - t
@@ -169,36 +164,36 @@ def _prepare_work(work: Path, key: str) -> None:
 
 
 def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
-                progress: bool) -> tuple[pa.ChunkedArray, dict[str, int]]:
-    """Unique prompts as an Arrow string column (about 1.1x their UTF-8 bytes, no Python objects).
-
-    They stream into ``work/prompts.arrow`` batch by batch as they are read;
-    a resumed build reads that file instead of the sources.
-    """
+                progress: bool) -> tuple[PromptFile, dict[str, int]]:
+    """Unique prompts, streamed batch by batch into ``work/prompts.arrow`` as they are read
+    (a resumed build reads that file instead of the sources)."""
     done = work / "prompts.arrow"
     stats_path = work / "clean_stats.json"
     if not (done.is_file() and stats_path.is_file()):
         dedup = ExactDeduper()
-        schema = pa.schema([("prompt", pa.string())])
-        tmp = work / "prompts.tmp.arrow"
         with progress_bar(total=_known_rows(sources), desc="reading", enabled=progress) as bar:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
-                for batch in iter_unique_prompts(sources, dedup, limit=config.limit, on_batch=bar.update):
-                    w.write_batch(pa.record_batch([pa.array(batch, type=pa.string())], schema=schema))
+            write_prompt_file(done, iter_unique_prompts(sources, dedup, limit=config.limit, on_batch=bar.update))
         stats = dedup.stats.to_dict()
         del dedup
         if not stats["unique"]:
-            tmp.unlink()
+            done.unlink()
             names = ", ".join(str(s.path) for s in sources)
             raise InputError(
                 f"no usable prompts in {names} ({stats['values_read']} values read: {stats['not_text']} not text, "
                 f"{stats['empty']} empty, {stats['exact_duplicates']} duplicates)"
             )
-        commit_file(tmp, done)
         write_bytes_atomic(stats_path, json.dumps(stats).encode())
-    with pa.OSFile(str(done), "rb") as f:  # read into memory, not mapped: no file pages linger
-        column = pa.ipc.open_file(f).read_all().column("prompt")
-    return column, json.loads(stats_path.read_text())
+    return PromptFile(done), json.loads(stats_path.read_text())
+
+
+def _kept_prompts(work: Path, prompts: PromptFile, keep: np.ndarray, kept: np.ndarray) -> PromptFile:
+    """The prompts that survived near-dedup, as their own file (the same file when all did)."""
+    if len(kept) == len(prompts):
+        return prompts
+    path = work / "kept.arrow"
+    if not (path.is_file() and len(PromptFile(path)) == len(kept)):
+        write_prompt_file(path, prompts.take_rows(keep))
+    return PromptFile(path)
 
 
 def _known_rows(sources: list[Source]) -> int | None:
@@ -219,7 +214,7 @@ def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig
         keep = np.ones(len(minilm_all), dtype=bool)
     else:
         keep = near_duplicate_keep(minilm_all, threshold=config.near_dup_threshold, seed=config.seed,
-                                   progress=progress)
+                                   progress=progress, folder=work)
     tmp = work / "keep.tmp.npy"
     np.save(tmp, keep)
     tmp.replace(done)

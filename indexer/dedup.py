@@ -10,71 +10,78 @@ A~B~C with A !~ C keep A and C.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from nearest_prompt.progress import progress_bar
 
-from .faiss_index import add_presized
+from .faiss_index import KMEANS_ITERATIONS, ivf_nlist, train_ivf
+from .ivf_file import MappedIVF, write_ivf_file
+from .shards import float_blocks
 
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ROWS = 100_000  # above this, search an IVF index instead of exact flat
-CHUNK = 16_384
+CHUNK = 65_536  # rows searched at a time (larger blocks: more queries share the lists they map)
+NPROBE = 16
 CANDIDATE_MARGIN = 0.02  # IVF-SQ8 scores are approximate: keep candidates this far below the threshold,
                          # then decide on exact cosines
 
 
-def _knn_index(vectors: np.ndarray, *, seed: int):
+def _knn_search(vectors: np.ndarray, *, seed: int, folder: Path) -> Callable[[np.ndarray, int], tuple]:
+    """``search(queries, k)`` over ``vectors``: exact flat in memory up to ``EXACT_MAX_ROWS``, above
+    that an IVF-SQ8 file in ``folder`` searched through bounded memory maps (``ivf_file``)."""
     import faiss
 
     n, d = vectors.shape
     if n <= EXACT_MAX_ROWS:
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist,
-                                              faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, nlist * 40), replace=False))
-        index.train(np.asarray(vectors[sample], dtype=np.float32))
-        index.nprobe = 16
-        add_presized(index, vectors)  # lists allocated once, as for the store's indexes
-        return index
-    for start in range(0, n, CHUNK * 8):
-        index.add(np.asarray(vectors[start:start + CHUNK * 8], dtype=np.float32))
-    return index
+        flat = faiss.IndexFlatIP(d)
+        for _, block in float_blocks(vectors, CHUNK):
+            flat.add(block)
+        return flat.search
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, ivf_nlist(n, d),
+                                          faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = KMEANS_ITERATIONS
+    train_ivf(index, vectors, rng=np.random.default_rng(seed))
+    index.nprobe = NPROBE
+    path = folder / "near_dedup.ivf"
+    write_ivf_file(path, index, vectors)
+    return MappedIVF(path).search
 
 
 def near_duplicate_pairs(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
-                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         progress: bool = False, folder: str | Path | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate pairs (lo < hi) with cosine above ``threshold`` among each row's ``k`` neighbours,
     and their exact cosines. One search serves every threshold >= ``threshold`` (see ``keep_from_pairs``).
 
     Above ``EXACT_MAX_ROWS`` the neighbours come from an IVF index with 8-bit
-    codes (384 bytes per 384-d vector); its scores only pick candidates, and
-    every candidate is rescored exactly from ``vectors``."""
+    codes written to ``folder`` (a temporary directory if None); its scores
+    only pick candidates, and every candidate is rescored exactly from ``vectors``."""
     n = len(vectors)
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, np.empty(0, dtype=np.float32)
-    index = _knn_index(vectors, seed=seed)
-    kk = min(k + 1, n)
-    lo_parts, hi_parts, sim_parts = [], [], []
-    with progress_bar(total=n, desc="near-dedup", enabled=progress) as bar:
-        for start in range(0, n, CHUNK):
-            q = np.asarray(vectors[start:start + CHUNK], dtype=np.float32)
-            sims, ids = index.search(q, kk)
-            rows = np.arange(start, start + len(q))[:, None]
-            hit = (ids >= 0) & (ids != rows) & (sims > threshold - CANDIDATE_MARGIN)
-            r, c = np.nonzero(hit)
-            a, b = rows[r, 0], ids[r, c]
-            exact = _exact_cosines(q[r], vectors, b)
-            ok = exact > threshold
-            lo_parts.append(np.minimum(a, b)[ok])
-            hi_parts.append(np.maximum(a, b)[ok])
-            sim_parts.append(exact[ok])
-            bar.update(len(q))
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        search = _knn_search(vectors, seed=seed, folder=Path(tmp))
+        kk = min(k + 1, n)
+        lo_parts, hi_parts, sim_parts = [], [], []
+        with progress_bar(total=n, desc="near-dedup", enabled=progress) as bar:
+            for start, q in float_blocks(vectors, CHUNK):
+                sims, ids = search(q, kk)
+                rows = np.arange(start, start + len(q))[:, None]
+                hit = (ids >= 0) & (ids != rows) & (sims > threshold - CANDIDATE_MARGIN)
+                r, c = np.nonzero(hit)
+                a, b = rows[r, 0], ids[r, c]
+                exact = _exact_cosines(q[r], vectors, b)
+                ok = exact > threshold
+                lo_parts.append(np.minimum(a, b)[ok])
+                hi_parts.append(np.maximum(a, b)[ok])
+                sim_parts.append(exact[ok])
+                bar.update(len(q))
     return np.concatenate(lo_parts), np.concatenate(hi_parts), np.concatenate(sim_parts)
 
 
@@ -100,9 +107,10 @@ def keep_from_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sims: np.ndarray, *,
 
 
 def near_duplicate_keep(vectors: np.ndarray, *, threshold: float, k: int = 16, seed: int = 0,
-                        progress: bool = False) -> np.ndarray:
+                        progress: bool = False, folder: str | Path | None = None) -> np.ndarray:
     """Boolean keep-mask over rows of unit ``vectors`` [n, d] (any float dtype)."""
-    lo, hi, sims = near_duplicate_pairs(vectors, threshold=threshold, k=k, seed=seed, progress=progress)
+    lo, hi, sims = near_duplicate_pairs(vectors, threshold=threshold, k=k, seed=seed, progress=progress,
+                                        folder=folder)
     keep = keep_from_pairs(len(vectors), lo, hi, sims, threshold=threshold)
     log.info("near-dedup at cosine > %.3f: %d of %d prompts dropped", threshold,
              len(vectors) - int(keep.sum()), len(vectors))

@@ -6,7 +6,8 @@ memory, nearly its recall), ``ivfpq`` (IVF with product quantisation, for
 the tightest budgets). ``auto`` picks exact search for small corpora and,
 above that, the first of ivf, ivfsq8, ivfpq that fits the memory budget.
 IVF is trained on a seeded random sample, never on the first rows, and
-filled with each inverted list allocated once (``add_presized``). At build time the search-time knob (IVF ``nprobe``,
+written to disk list by list without being held in memory (``ivf_file``).
+At build time the search-time knob (IVF ``nprobe``,
 HNSW ``efSearch``) is raised until recall@10 against exact search reaches
 0.95 on sampled queries (stored vectors moved by a random offset of norm
 0.5); the knob and the measured recall are recorded in the manifest.
@@ -17,18 +18,24 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from .shards import ShardedMatrix
+from .ivf_file import MappedIVF, set_ivf_file_nprobe, write_ivf_file
+from .shards import ShardedMatrix, float_blocks
 
 log = logging.getLogger(__name__)
 
 FLAT_MAX_ROWS = 100_000
 PQ_MIN_ROWS = 16
 ADD_CHUNK = 65_536
-ENCODE_CHUNK = 16_384  # rows encoded at a time by add_presized (transient memory: about 3 blocks)
+RECALL_BLOCK = 16_384  # stored rows scored at a time for the exact recall@10 oracle
+IVF_TYPES = ("ivf", "ivfsq8", "ivfpq")
+TRAIN_PER_LIST = 40  # k-means training rows per IVF list
+MAX_TRAIN_BYTES = 1 << 30  # float32 k-means sample at most: caps nlist (6,553 lists at d=1024)
+ENCODER_TRAIN_ROWS = 65_536  # rows that train the SQ / PQ encoder
 RECALL_QUERIES = 500
 TARGET_RECALL = 0.95
 KMEANS_ITERATIONS = 10  # coarse k-means; faiss's default 25 costs 2.5x for little recall
@@ -52,8 +59,14 @@ class IndexPlan:
         return n * (self.params["m"] + 8)
 
 
+def ivf_nlist(n: int, d: int) -> int:
+    """4 sqrt(n) lists, at most n / 39 (faiss's minimum of training points per list) and at most what a
+    k-means sample of MAX_TRAIN_BYTES can train (so training memory is bounded whatever the corpus)."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39 or 1, MAX_TRAIN_BYTES // (TRAIN_PER_LIST * 4 * d)))
+
+
 def plan_index(n: int, d: int, *, index_type: str = "auto", memory_budget_gb: float = 4.0) -> IndexPlan:
-    nlist = max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))
+    nlist = ivf_nlist(n, d)
     nprobe = max(1, min(nlist, 16))
     plans = {
         "flat": IndexPlan("flat", {}),
@@ -109,108 +122,89 @@ def _new_index(plan: IndexPlan, d: int) -> Any:
     return index
 
 
-def build_index(vectors: ShardedMatrix, plan: IndexPlan, *, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Train (on a random sample), fill in row order (faiss id == row), measure recall@10."""
+def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: str | Path,
+                seed: int = 0) -> dict[str, Any]:
+    """Train (on a random sample), fill in row order (faiss id == row), write to ``path``, measure recall@10.
+
+    IVF types go straight to disk (``ivf_file.write_ivf_file``) and are tuned
+    through bounded memory maps, so their size never counts in memory; flat
+    and HNSW are built in memory and then written. Returns the manifest entry.
+    """
     import faiss
 
     n, d = vectors.shape
     index = _new_index(plan, d)
     rng = np.random.default_rng(seed)
-    if not index.is_trained:
-        size = min(n, max(plan.params["nlist"] * 40, 10_000))
-        sample = np.sort(rng.choice(n, size=size, replace=False))
-        index.train(np.asarray(vectors[sample], dtype=np.float32))
-    if plan.type in ("ivf", "ivfsq8", "ivfpq"):
-        add_presized(index, vectors)
-    else:
-        for _, block in vectors.chunks(ADD_CHUNK):
-            index.add(block)
+    if plan.type in IVF_TYPES:
+        train_ivf(index, vectors, rng=rng)
+    elif not index.is_trained:
+        raise ValueError(f"internal error: untrained {plan.type} index")
     params = dict(plan.params)
-    recall = 1.0 if plan.type == "flat" else _tune(index, plan, params, vectors, rng)
+    if plan.type in IVF_TYPES:
+        sizes = write_ivf_file(path, index, vectors)
+        searcher = MappedIVF(path)
+        recall = _tune(lambda q, k, value: searcher.search(q, k, nprobe=value), plan, params, vectors, rng)
+        set_ivf_file_nprobe(path, index, sizes, params["nprobe"])
+    else:
+        for _, block in float_blocks(vectors, ADD_CHUNK):
+            index.add(block)
+        if plan.type == "hnsw":
+            def search(q: np.ndarray, k: int, value: int):
+                faiss.downcast_index(index).hnsw.efSearch = value
+                return index.search(q, k)
+            recall = _tune(search, plan, params, vectors, rng)
+        else:
+            recall = 1.0
+        faiss.write_index(index, str(path))
     info = {"type": plan.type, "params": params, "factory": type(index).__name__, "metric": "inner_product",
-            "dim": d, "ntotal": int(index.ntotal), "recall_at_10": round(recall, 4)}
+            "dim": d, "ntotal": int(n), "recall_at_10": round(recall, 4)}
     log.info("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
     if recall < TARGET_RECALL:
         finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(plan.type)
         log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
                     plan.type, recall, TARGET_RECALL,
                     f"; raise --memory-budget or choose --index-type {finer}" if finer else "")
-    return index, info
+    return info
 
 
-def _float_blocks(vectors: ShardedMatrix | np.ndarray, rows: int):
-    """(start, float32 block) pairs over any row-sliceable matrix (a ShardedMatrix or an array)."""
-    for start in range(0, len(vectors), rows):
-        yield start, np.ascontiguousarray(vectors[start:start + rows], dtype=np.float32)
-
-
-def add_presized(index: Any, vectors: ShardedMatrix | np.ndarray) -> None:
-    """``index.add`` for every row of ``vectors``, with each inverted list allocated once at its final size.
-
-    ``IndexIVF.add`` grows each list by reallocation; the freed buffers stay
-    in the heap, which about doubles the resident memory of an IVF build. Here
-    a first pass assigns every row to its list (as ``add`` does), the lists
-    are sized from the counts, and a second pass encodes the rows and writes
-    them in place, in row order within each list: the same index as ``add``.
-    """
+def train_ivf(index: Any, vectors: ShardedMatrix | np.ndarray, *, rng: np.random.Generator) -> None:
+    """Train an IVF index on random rows: k-means on TRAIN_PER_LIST rows per list, then the encoder
+    (SQ ranges, PQ codebooks) on ENCODER_TRAIN_ROWS rows, one sample in memory at a time."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
-    lists = faiss.downcast_InvertedLists(ivf.invlists)
-    if ivf.ntotal or not isinstance(lists, faiss.ArrayInvertedLists):
-        raise ValueError("add_presized fills an empty IVF index with array inverted lists")
     n = len(vectors)
-    list_nos = np.empty(n, dtype=np.int64)
-    for start, block in _float_blocks(vectors, ENCODE_CHUNK):
-        list_nos[start:start + len(block)] = ivf.quantizer.assign(block, 1).ravel()
-    counts = np.bincount(list_nos, minlength=ivf.nlist)
-    for list_no in np.flatnonzero(counts).tolist():
-        lists.resize(list_no, int(counts[list_no]))
-    filled = np.zeros(ivf.nlist, dtype=np.int64)
-    for start, block in _float_blocks(vectors, ENCODE_CHUNK):
-        order = np.argsort(list_nos[start:start + len(block)], kind="stable")  # by list, row order within
-        nos, ids = list_nos[start:start + len(block)][order], order.astype(np.int64) + start
-        block = np.ascontiguousarray(block[order])
-        codes = np.empty((len(block), lists.code_size), dtype=np.uint8)
-        ivf.encode_vectors(len(block), faiss.swig_ptr(block), faiss.swig_ptr(nos), faiss.swig_ptr(codes), False)
-        del block
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(nos)) + 1, [len(nos)]])
-        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
-            list_no = int(nos[a])
-            lists.update_entries(list_no, int(filled[list_no]), b - a, faiss.swig_ptr(ids[a:b]),
-                                 faiss.swig_ptr(codes[a:b]))
-            filled[list_no] += b - a
-    ivf.ntotal = index.ntotal = n
+
+    def sample(size: int) -> np.ndarray:
+        rows = np.sort(rng.choice(n, size=min(n, size), replace=False))
+        return np.asarray(vectors[rows], dtype=np.float32)
+
+    x = sample(max(ivf.nlist * TRAIN_PER_LIST, 10_000))
+    faiss.Clustering(ivf.d, ivf.nlist, ivf.cp).train(x, ivf.quantizer)  # what index.train runs first
+    del x
+    index.train(sample(ENCODER_TRAIN_ROWS))  # the quantizer is trained: faiss trains only the encoder
 
 
-def _tune(index: Any, plan: IndexPlan, params: dict[str, Any], vectors: ShardedMatrix,
-          rng: np.random.Generator) -> float:
-    """Raise nprobe / efSearch until recall@10 >= TARGET_RECALL (or the knob is maxed out)."""
+def _tune(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], plan: IndexPlan,
+          params: dict[str, Any], vectors: ShardedMatrix | np.ndarray, rng: np.random.Generator) -> float:
+    """Raise nprobe / efSearch until recall@10 >= TARGET_RECALL (or the knob is maxed out);
+    ``search(queries, k, knob_value)`` searches the index."""
     queries, exact = _recall_queries(vectors, rng)
     if plan.type == "hnsw":
-        knob, values = "efSearch", [v for v in (64, 128, 256, 512, 1024) if v >= 10]
+        knob, values = "efSearch", [64, 128, 256, 512, 1024]
     else:
         knob, values = "nprobe", sorted({min(v, plan.params["nlist"]) for v in (8, 16, 32, 64, 128, 256, 512)})
     recall = 0.0
     for value in values:
-        set_search_param(index, knob, value)
-        recall = _recall(index, queries, exact)
+        _, got = search(queries, exact.shape[1], value)
+        recall = _recall(got, exact)
         params[knob] = value
         if recall >= TARGET_RECALL:
             break
     return recall
 
 
-def set_search_param(index: Any, knob: str, value: int) -> None:
-    import faiss
-
-    if knob == "efSearch":
-        faiss.downcast_index(index).hnsw.efSearch = value
-    else:
-        faiss.extract_index_ivf(index).nprobe = value
-
-
-def _recall_queries(vectors: ShardedMatrix, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _recall_queries(vectors: ShardedMatrix | np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sampled stored vectors moved by random offsets of norm QUERY_NOISE, and their exact top-10 ids."""
     import faiss
 
@@ -223,7 +217,7 @@ def _recall_queries(vectors: ShardedMatrix, rng: np.random.Generator) -> tuple[n
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     exact_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     exact_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for start, block in vectors.chunks(ENCODE_CHUNK):
+    for start, block in float_blocks(vectors, RECALL_BLOCK):
         s, i = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
         cand_s = np.concatenate([exact_scores, s], axis=1)
         cand_i = np.concatenate([exact_ids, i + start], axis=1)
@@ -233,7 +227,6 @@ def _recall_queries(vectors: ShardedMatrix, rng: np.random.Generator) -> tuple[n
     return queries, exact_ids
 
 
-def _recall(index: Any, queries: np.ndarray, exact_ids: np.ndarray) -> float:
-    _, got = index.search(queries, exact_ids.shape[1])
+def _recall(got: np.ndarray, exact_ids: np.ndarray) -> float:
     hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, exact_ids))
     return hits / float(exact_ids.size)

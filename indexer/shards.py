@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +115,9 @@ class ShardedMatrix:
             del part  # unmap now
         return out
 
-    def chunks(self, rows: int):
-        """(start, float32 block) pairs in order, ``rows`` at most each."""
-        for start in range(0, len(self), rows):
-            yield start, np.asarray(self[start:start + rows], dtype=np.float32)
+
+
+def float_blocks(matrix: ShardedMatrix | np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, contiguous float32 block) pairs over any row-sliceable matrix, ``rows`` at most each."""
+    for start in range(0, len(matrix), rows):
+        yield start, np.ascontiguousarray(matrix[start:start + rows], dtype=np.float32)

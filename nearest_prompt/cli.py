@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shard-size", type=_positive_int, default=50_000, help="prompts per resumable shard")
     b.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
     b.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
-                   help="memory budget in GiB for the two FAISS indexes when --index-type auto: "
-                        "3/4 for the CLIP index, 1/4 for the MiniLM index (default 4)")
+                   help="size budget in GiB for the two FAISS indexes (what searching them keeps in "
+                        "memory) when --index-type auto: 3/4 for the CLIP index, 1/4 for the MiniLM index "
+                        "(default 4); the build writes IVF indexes to disk and does not hold them")
     _add_model_args(b, building=True)
     _add_common(b)
 

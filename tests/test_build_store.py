@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -112,10 +113,10 @@ def test_failure_while_writing_store_keeps_old_store(tmp_path, build_config, cli
                   progress=False)
     before = (out / MANIFEST).read_bytes()
 
-    def broken_write_index(self, index, **kw):
+    def broken_build_index(*args, **kw):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(index_store.StoreWriter, "write_index", broken_write_index)
+    monkeypatch.setattr(sys.modules["indexer.build"], "build_index", broken_build_index)  # the module, not the function
     with pytest.raises(OSError):
         indexer.build([_small_corpus(tmp_path, 50, offset=300, name="b.txt")], out, config=build_config,
                       clip=clip_encoder, minilm=minilm, progress=False)
@@ -246,3 +247,35 @@ def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
         np.testing.assert_array_equal(np.load(w.minilm_path), x)
         with pytest.raises(StoreError, match="9 MiniLM rows written"):
             w.write_minilm([x[:9]], rows=10, dim=384)
+
+
+def test_prompt_file_slices_and_filters_across_batches(tmp_path, rng):
+    from indexer.prompt_file import PromptFile, write_prompt_file
+
+    texts = [f"prompt {i} " + "x" * int(i % 7) for i in range(40)]
+    cuts = [0, 3, 3, 11, 12, 29, 40]  # uneven batches, one of them empty
+    assert write_prompt_file(tmp_path / "p.arrow", [texts[a:b] for a, b in zip(cuts[:-1], cuts[1:])]) == 40
+    pf = PromptFile(tmp_path / "p.arrow")
+    assert len(pf) == 40
+    for a, b in [(0, 40), (2, 13), (11, 12), (12, 12), (28, 31), (39, 50)] + [
+            tuple(sorted(rng.integers(0, 41, 2).tolist())) for _ in range(20)]:
+        assert pf[a:b].to_pylist() == texts[a:b], (a, b)
+    keep = rng.random(40) < 0.5
+    kept = [t for block in pf.take_rows(keep) for t in block.to_pylist()]
+    assert kept == [t for t, k in zip(texts, keep) if k]
+    with pytest.raises(ValueError, match="keep mask"):
+        next(pf.take_rows(keep[:5]))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_prompts_written_from_blocks_get_consecutive_ids(tmp_path):
+    import pyarrow as pa
+
+    from index_store.writer import StoreWriter
+
+    blocks = [pa.array(["a", "b"]), pa.array([], type=pa.string()), pa.array(["c"])]
+    with StoreWriter(tmp_path / "s") as w:
+        assert w.write_prompts(iter(blocks)) == 3
+        table = pa.ipc.open_file(pa.memory_map(str(w.staging / PROMPTS))).read_all()
+    assert table.column("id").to_pylist() == [0, 1, 2]
+    assert table.column("prompt").to_pylist() == ["a", "b", "c"]

@@ -1,0 +1,80 @@
+"""The build's prompts on disk: an Arrow IPC file of one string column, read a slice at a time.
+
+The build never holds the whole corpus's text: each stage reads the rows it
+works on (plain reads, no memory map, so nothing stays resident after) and
+filtered copies are written batch by batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from index_store.atomic import commit_file
+
+SCHEMA = pa.schema([("prompt", pa.string())])
+
+
+def write_prompt_file(path: Path, blocks: Iterable[pa.Array | list[str]]) -> int:
+    """Write ``blocks`` of prompts to ``path`` atomically (via a temporary sibling); returns the row count."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    rows = 0
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        for block in blocks:
+            array = block if isinstance(block, pa.Array) else pa.array(block, type=pa.string())
+            writer.write_batch(pa.record_batch([array], schema=SCHEMA))
+            rows += len(array)
+    commit_file(tmp, path)
+    return rows
+
+
+class PromptFile:
+    """Read-only, row-sliceable view of a prompt file: ``len``, ``[a:b]`` (an Arrow column) and ``blocks()``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with pa.OSFile(str(self.path), "rb") as f:
+            reader = pa.ipc.open_file(f)
+            if reader.schema != SCHEMA:
+                raise ValueError(f"{self.path} is not a prompt file (schema {reader.schema})")
+            lengths = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, key: slice) -> pa.ChunkedArray:
+        if not isinstance(key, slice):
+            raise TypeError("PromptFile takes slices only")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("PromptFile slices take no step")
+        parts = []
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        with pa.OSFile(str(self.path), "rb") as f:
+            reader = pa.ipc.open_file(f)
+            b = max(first, 0)
+            while start < stop and b < reader.num_record_batches:
+                lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
+                column = reader.get_batch(b).column(0)
+                parts.append(column.slice(max(start, lo) - lo, min(stop, hi) - max(start, lo)))
+                start = hi
+                b += 1
+        return pa.chunked_array(parts, type=pa.string())
+
+    def blocks(self) -> Iterator[pa.Array]:
+        """Every batch in order, one read at a time."""
+        with pa.OSFile(str(self.path), "rb") as f:
+            reader = pa.ipc.open_file(f)
+            for b in range(reader.num_record_batches):
+                yield reader.get_batch(b).column(0)
+
+    def take_rows(self, keep: np.ndarray) -> Iterator[pa.Array]:
+        """Blocks of the rows where the boolean mask ``keep`` (one entry per row) is true, in order."""
+        if keep.shape != (len(self),):
+            raise ValueError(f"keep mask of shape {keep.shape} for {len(self)} prompts")
+        for b, block in enumerate(self.blocks()):
+            yield block.filter(pa.array(keep[self.offsets[b]:self.offsets[b + 1]]))
