@@ -93,7 +93,7 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     t = time.perf_counter()
     keep = _near_dedup_stage(work, minilm_all, config, progress)
     kept = np.flatnonzero(keep)
-    kept_prompts = _kept_prompts(work, prompts, keep, kept)
+    kept_prompts = _kept_prompts(work, prompts, keep)
     timings["near_dedup"] = time.perf_counter() - t
 
     _stage("clip")
@@ -186,12 +186,13 @@ def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
     return PromptFile(done), json.loads(stats_path.read_text())
 
 
-def _kept_prompts(work: Path, prompts: PromptFile, keep: np.ndarray, kept: np.ndarray) -> PromptFile:
+def _kept_prompts(work: Path, prompts: PromptFile, keep: np.ndarray) -> PromptFile:
     """The prompts that survived near-dedup, as their own file (the same file when all did)."""
-    if len(kept) == len(prompts):
+    n_kept = int(keep.sum())
+    if n_kept == len(prompts):
         return prompts
     path = work / "kept.arrow"
-    if not (path.is_file() and len(PromptFile(path)) == len(kept)):
+    if not (path.is_file() and len(PromptFile(path)) == n_kept):
         write_prompt_file(path, prompts.take_rows(keep))
     return PromptFile(path)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from nearest_prompt.progress import progress_bar
 
-from .faiss_index import KMEANS_ITERATIONS, ivf_nlist, train_ivf
+from .faiss_index import new_index, plan_index, train_ivf
 from .ivf_file import MappedIVF, write_ivf_file
 from .shards import float_blocks
 
@@ -42,9 +42,7 @@ def _knn_search(vectors: np.ndarray, *, seed: int, folder: Path) -> Callable[[np
         for _, block in float_blocks(vectors, CHUNK):
             flat.add(block)
         return flat.search
-    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, ivf_nlist(n, d),
-                                          faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = KMEANS_ITERATIONS
+    index = new_index(plan_index(n, d, index_type="ivfsq8"), d)
     train_ivf(index, vectors, rng=np.random.default_rng(seed))
     index.nprobe = NPROBE
     path = folder / "near_dedup.ivf"

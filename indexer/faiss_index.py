@@ -99,7 +99,7 @@ def _pq_m(d: int) -> int:
     return 1
 
 
-def _new_index(plan: IndexPlan, d: int) -> Any:
+def new_index(plan: IndexPlan, d: int) -> Any:
     import faiss
 
     ip = faiss.METRIC_INNER_PRODUCT
@@ -133,18 +133,15 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
     import faiss
 
     n, d = vectors.shape
-    index = _new_index(plan, d)
+    index = new_index(plan, d)
     rng = np.random.default_rng(seed)
-    if plan.type in IVF_TYPES:
-        train_ivf(index, vectors, rng=rng)
-    elif not index.is_trained:
-        raise ValueError(f"internal error: untrained {plan.type} index")
     params = dict(plan.params)
     if plan.type in IVF_TYPES:
-        sizes = write_ivf_file(path, index, vectors)
+        train_ivf(index, vectors, rng=rng)
+        write_ivf_file(path, index, vectors)
         searcher = MappedIVF(path)
         recall = _tune(lambda q, k, value: searcher.search(q, k, nprobe=value), plan, params, vectors, rng)
-        set_ivf_file_nprobe(path, index, sizes, params["nprobe"])
+        set_ivf_file_nprobe(path, index, ntotal=n, nprobe=params["nprobe"])
     else:
         for _, block in float_blocks(vectors, ADD_CHUNK):
             index.add(block)

@@ -113,13 +113,14 @@ def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.nda
     return sizes
 
 
-def set_ivf_file_nprobe(path: str | Path, index: Any, sizes: np.ndarray, nprobe: int) -> None:
-    """Rewrite the header of a file from ``write_ivf_file`` with ``nprobe`` as its search default."""
+def set_ivf_file_nprobe(path: str | Path, index: Any, *, ntotal: int, nprobe: int) -> None:
+    """Rewrite the header of the file ``write_ivf_file`` wrote for ``index`` (``ntotal`` rows) with
+    ``nprobe`` as its search default."""
     ivf = _ivf(index)
     saved = ivf.nprobe
     ivf.nprobe = nprobe
     try:
-        head = _head(ivf, int(sizes.sum()))
+        head = _head(ivf, ntotal)
     finally:
         ivf.nprobe = saved
     with open(path, "r+b") as f:

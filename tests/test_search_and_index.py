@@ -126,12 +126,12 @@ def test_ivf_file_equals_faiss_add_then_write_index(kind, tmp_path, rng, monkeyp
     import faiss
 
     from indexer import ivf_file
-    from indexer.faiss_index import _new_index
+    from indexer.faiss_index import new_index
 
     monkeypatch.setattr(ivf_file, "ENCODE_CHUNK", 1000)  # several blocks: list order across blocks
     x = unit(rng.normal(size=(3000, 32)))
     plan = plan_index(3000, 32, index_type=kind)
-    ours, theirs = _new_index(plan, 32), _new_index(plan, 32)
+    ours, theirs = new_index(plan, 32), new_index(plan, 32)
     ours.train(x[:2000])
     theirs.train(x[:2000])
     sizes = ivf_file.write_ivf_file(tmp_path / "ours", ours, _shards(tmp_path, x, 700))
@@ -145,11 +145,11 @@ def test_ivf_file_with_mostly_empty_lists_reads_back_as_faiss_add(tmp_path, rng)
     import faiss
 
     from indexer import ivf_file
-    from indexer.faiss_index import _new_index
+    from indexer.faiss_index import new_index
 
     x = unit(rng.normal(size=(2000, 16)))
     plan = plan_index(2000, 16, index_type="ivf")
-    index = _new_index(plan, 16)
+    index = new_index(plan, 16)
     index.train(x)
     few = x[:3]  # three rows: most lists empty (faiss itself would store the sizes sparsely)
     ivf_file.write_ivf_file(tmp_path / "ours", index, few)
@@ -165,11 +165,11 @@ def test_mapped_ivf_search_equals_in_memory_search_within_its_mapping_budget(bud
     import faiss
 
     from indexer import ivf_file
-    from indexer.faiss_index import _new_index
+    from indexer.faiss_index import new_index
 
     x = unit(rng.normal(size=(4000, 24)))
     plan = plan_index(4000, 24, index_type="ivfsq8")
-    index = _new_index(plan, 24)
+    index = new_index(plan, 24)
     index.train(x)
     ivf_file.write_ivf_file(tmp_path / "ix", index, x)
     index.add(x)
