@@ -30,9 +30,9 @@ from nearest_prompt.errors import InputError
 from nearest_prompt.minilm import MiniLMEncoder, load_minilm
 from nearest_prompt.progress import progress_bar
 
-from .clean import ExactDeduper, iter_unique_prompts
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
+from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .prompt_file import PromptFile, write_prompt_file
 from .readers import Source, check_sources
@@ -165,16 +165,15 @@ def _prepare_work(work: Path, key: str) -> None:
 
 def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
                 progress: bool) -> tuple[PromptFile, dict[str, int]]:
-    """Unique prompts, streamed batch by batch into ``work/prompts.arrow`` as they are read
-    (a resumed build reads that file instead of the sources)."""
+    """Unique prompts, streamed batch by batch into ``work/prompts.arrow`` by the on-disk exact
+    dedup (a resumed build reads that file instead of the sources)."""
     done = work / "prompts.arrow"
     stats_path = work / "clean_stats.json"
     if not (done.is_file() and stats_path.is_file()):
-        dedup = ExactDeduper()
-        with progress_bar(total=_known_rows(sources), desc="reading", enabled=progress) as bar:
-            write_prompt_file(done, iter_unique_prompts(sources, dedup, limit=config.limit, on_batch=bar.update))
+        dedup = ExactDedup(sources, folder=work / "exact_dedup", limit=config.limit, progress=progress,
+                           total=_known_rows(sources))
+        write_prompt_file(done, dedup.blocks())
         stats = dedup.stats.to_dict()
-        del dedup
         if not stats["unique"]:
             done.unlink()
             names = ", ".join(str(s.path) for s in sources)

@@ -74,7 +74,7 @@ def _resolve_image(base: Path, ref: str) -> Path:
 
 
 def _read_prompts(path: str | None, column: str | None, limit: int | None) -> list[str]:
-    from indexer.clean import read_unique_prompts
+    from indexer.exact_dedup import read_unique_prompts
     from indexer.readers import check_sources
 
     if not path:

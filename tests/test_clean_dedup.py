@@ -1,10 +1,14 @@
 """Cleaning, exact dedup, and near dedup against a brute-force oracle."""
 
+import json
+
 import numpy as np
 import pytest
 
-from indexer import dedup
-from indexer.clean import ExactDeduper, clean_prompt
+from indexer import dedup, exact_dedup, readers
+from indexer.clean import clean_prompt
+from indexer.exact_dedup import ExactDedup
+from indexer.readers import check_sources
 
 from .conftest import unit
 
@@ -15,15 +19,81 @@ def test_clean_prompt():
         assert clean_prompt(bad) is None
 
 
-def test_exact_dedup_is_case_and_whitespace_insensitive_and_keeps_first():
-    d = ExactDeduper()
-    out = d.feed(["A  Cat", "a cat", " a cat ", "A CAT\n", "a dog", None, 7, "", "a dog"])
+def _jsonl(path, values):
+    path.write_text("".join(json.dumps(v) + "\n" for v in values))
+    return check_sources([path])
+
+
+def _dedup(sources, tmp_path, **kw):
+    d = ExactDedup(sources, folder=tmp_path / "work", **kw)
+    blocks = list(d.blocks())
+    assert not (tmp_path / "work").exists()  # bucket files and mask removed
+    return [p for b in blocks for p in b.to_pylist()], d.stats, d.scanned
+
+
+def test_exact_dedup_is_case_and_whitespace_insensitive_and_keeps_first(tmp_path):
+    src = _jsonl(tmp_path / "a.jsonl", ["A  Cat", "a cat", " a cat ", "A CAT\n", "a dog", None, 7, "", "a dog"])
+    out, st, _ = _dedup(src, tmp_path)
     assert out == ["A Cat", "a dog"]
-    st = d.stats
     assert (st.values_read, st.not_text, st.empty, st.exact_duplicates, st.unique) == (9, 2, 1, 4, 2)
-    assert d.feed(["A DOG", "a bird"]) == ["a bird"]  # state carries across batches
-    assert d.feed(["x1", "x2", "x3", "x4"], max_new=2) == ["x1", "x2"]
-    assert d.stats.values_read == 11 + 2  # stopped consuming at the limit
+    src2 = _jsonl(tmp_path / "b.jsonl", ["A DOG", "a bird", "x1", "x2", "x3", "x4"])
+    assert _dedup(src + src2, tmp_path)[0] == ["A Cat", "a dog", "a bird", "x1", "x2", "x3", "x4"]  # across files
+    out, st, _ = _dedup(src + src2, tmp_path, limit=5)
+    assert out == ["A Cat", "a dog", "a bird", "x1", "x2"]
+    assert st.values_read == 9 + 4 and st.unique == 5  # stopped consuming at the limit
+
+
+def _oracle_unique(values, limit=None):
+    """First occurrence of each key, in order, from a plain set."""
+    seen, out = set(), []
+    for v in values:
+        text = clean_prompt(v)
+        if text is None or (key := text.casefold()) in seen:
+            continue
+        seen.add(key)
+        out.append(text)
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+@pytest.mark.parametrize("limit", [None, 1, 37, 400, 10_000])
+def test_exact_dedup_matches_set_oracle_over_batches_and_buckets(tmp_path, rng, monkeypatch, limit):
+    # few buckets and tiny batches: buckets hold many records of many batches, and a limit takes several
+    # rounds of reading (heavy duplication: each round finds few new prompts)
+    monkeypatch.setattr(exact_dedup, "BUCKETS", 4)
+    monkeypatch.setattr(readers, "BATCH", 7)
+    words = [f"w{i}" for i in range(500)]
+    values = [words[i] if i % 3 else words[i].upper() + "  " for i in rng.zipf(1.3, size=3000) % 500]
+    values[::50] = [None] * len(values[::50])
+    src = _jsonl(tmp_path / "z.jsonl", values)
+    out, st, scanned = _dedup(src, tmp_path, limit=limit)
+    assert out == _oracle_unique(values, limit)
+    assert st.unique == len(out) and st.values_read == st.not_text + st.empty + st.exact_duplicates + st.unique
+    if limit is None or limit > len(out):
+        assert st.values_read == scanned == len(values)
+    else:  # pass 1 stopped early: at most twice what was needed, rounded up to a batch
+        assert st.values_read <= scanned <= max(2 * st.values_read, limit) + readers.BATCH
+        assert scanned < len(values)
+
+
+def test_exact_dedup_holds_one_bucket_at_a_time(tmp_path, monkeypatch):
+    # the records are gathered a bucket at a time; no bucket holds much more than its share
+    monkeypatch.setattr(readers, "BATCH", 10_000)  # several runs
+    sizes = []
+    real = exact_dedup.ExactDedup._sorted_buckets
+
+    def spy(self, records):
+        for rec, new in real(self, records):
+            sizes.append(len(rec))
+            yield rec, new
+
+    monkeypatch.setattr(exact_dedup.ExactDedup, "_sorted_buckets", spy)
+    src = _jsonl(tmp_path / "u.jsonl", [f"prompt {i}" for i in range(51_200)])
+    out, _, _ = _dedup(src, tmp_path)
+    assert out == [f"prompt {i}" for i in range(51_200)]
+    assert len(sizes) == exact_dedup.BUCKETS and sum(sizes) == 51_200
+    assert max(sizes) < 1.5 * 51_200 / exact_dedup.BUCKETS
 
 
 def _oracle_keep(v, threshold):
