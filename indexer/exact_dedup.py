@@ -36,12 +36,12 @@ import pyarrow as pa
 from nearest_prompt.progress import progress_bar
 
 from .clean import CleanStats, clean_prompt, dedup_key
+from .prompt_file import SCHEMA  # one string column; here with nulls where a value is not text
 from .readers import Source, iter_values
 
 BUCKETS = 256
 RECORD = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("pos", "<i8")])
 DUPLICATE, FIRST, EMPTY, NOT_TEXT = 0, 1, 2, 3  # codes: text values start as DUPLICATE until marked FIRST
-SCHEMA = pa.schema([("text", pa.string())])
 
 
 class ExactDedup:

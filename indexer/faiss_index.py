@@ -7,10 +7,10 @@ the tightest budgets). ``auto`` picks exact search for small corpora and,
 above that, the first of ivf, ivfsq8, ivfpq that fits the memory budget.
 IVF is trained on a seeded random sample, never on the first rows, and
 written to disk list by list without being held in memory (``ivf_file``).
-At build time the search-time knob (IVF ``nprobe``,
-HNSW ``efSearch``) is raised until recall@10 against exact search reaches
-0.95 on sampled queries (stored vectors moved by a random offset of norm
-0.5); the knob and the measured recall are recorded in the manifest.
+At build time the search-time knob (IVF ``nprobe``, HNSW ``efSearch``) is
+raised until recall@10 against exact search reaches 0.95 on sampled queries
+(stored vectors moved by a random offset of norm 0.5); the knob and the
+measured recall are recorded in the manifest.
 """
 
 from __future__ import annotations

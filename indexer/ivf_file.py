@@ -67,8 +67,7 @@ def _lists_block(ivf: Any, sizes: np.ndarray) -> bytes:
             + struct.pack("<Q", ivf.nlist) + sizes.astype("<u8").tobytes())
 
 
-def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.ndarray, *,
-                   on_rows=None) -> np.ndarray:
+def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.ndarray) -> np.ndarray:
     """Write ``index`` (trained, empty) filled with every row of ``vectors`` (faiss id == row) to ``path``.
 
     Rows keep their order within each list, as ``index.add`` keeps them, so
@@ -108,8 +107,6 @@ def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.nda
                 os.pwrite(fd, codes[a:b].data, int(codes_at[list_no]) + done * cs)
                 os.pwrite(fd, ids[a:b].data, int(ids_at[list_no]) + done * _ID_BYTES)
                 filled[list_no] += b - a
-            if on_rows is not None:
-                on_rows(len(nos))
     return sizes
 
 

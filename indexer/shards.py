@@ -116,7 +116,6 @@ class ShardedMatrix:
         return out
 
 
-
 def float_blocks(matrix: ShardedMatrix | np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """(start, contiguous float32 block) pairs over any row-sliceable matrix, ``rows`` at most each."""
     for start in range(0, len(matrix), rows):
