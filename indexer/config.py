@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nearest_prompt.clip import DEFAULT_CLIP
-from nearest_prompt.errors import InputError
-from nearest_prompt.minilm import DEFAULT_MINILM
+from encoders.clip import DEFAULT_CLIP
+from common.errors import InputError
+from encoders.minilm import DEFAULT_MINILM
 
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
@@ -29,17 +29,20 @@ class BuildConfig:
 
     def validate(self) -> "BuildConfig":
         if self.limit is not None and self.limit < 1:
-            raise InputError(f"--limit must be at least 1, got {self.limit}")
+            raise InputError(f"limit must be at least 1, got {self.limit}", param="limit")
         if self.near_dup_threshold is not None and not 0.0 < self.near_dup_threshold <= 1.0:
-            raise InputError(f"--near-dup-threshold must be in (0, 1], got {self.near_dup_threshold}")
+            raise InputError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}",
+                             param="near_dup_threshold")
         if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}", param="batch_size")
         if self.shard_size < 1:
-            raise InputError(f"--shard-size must be at least 1, got {self.shard_size}")
+            raise InputError(f"shard_size must be at least 1, got {self.shard_size}", param="shard_size")
         if self.index_type not in INDEX_TYPES:
-            raise InputError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
-        if self.memory_budget_gb <= 0:
-            raise InputError(f"--memory-budget must be positive, got {self.memory_budget_gb}")
+            raise InputError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}",
+                             param="index_type")
+        if not self.memory_budget_gb > 0:
+            raise InputError(f"memory_budget_gb must be positive, got {self.memory_budget_gb}",
+                             param="memory_budget_gb")
         return self
 
     def to_dict(self) -> dict[str, Any]:

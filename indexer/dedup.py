@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from nearest_prompt.progress import progress_bar
+from common.progress import progress_bar
 
 from .faiss_index import new_index, plan_index, train_ivf
 from .ivf_file import MappedIVF, write_ivf_file

@@ -33,9 +33,9 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 import pyarrow as pa
 
-from nearest_prompt.progress import progress_bar
+from common.progress import progress_bar
 
-from .clean import CleanStats, clean_prompt, dedup_key
+from common.text import CleanStats, clean_prompt, dedup_key
 from .prompt_file import SCHEMA  # one string column; here with nulls where a value is not text
 from .readers import Source, iter_values
 
@@ -89,7 +89,10 @@ class ExactDedup:
         n = 0
         target = self.limit
         rest: list[Any] = []  # values of a batch beyond the last target, read in the next round
-        with progress_bar(total=self.total, desc="dedup 1/2", enabled=self.progress) as bar:
+        def goal() -> int | None:  # what this round reads at most: the bar counts towards it
+            return target if self.total is None else self.total if target is None else min(target, self.total)
+
+        with progress_bar(total=goal(), desc="dedup 1/2", enabled=self.progress) as bar:
             while True:
                 for values in chain([rest] if rest else [], batches):
                     rest = []
@@ -106,6 +109,8 @@ class ExactDedup:
                 if distinct >= self.limit:
                     return n
                 target = n + max(self.limit - distinct, n)
+                bar.total = goal()
+                bar.refresh()
 
     def _append(self, values: list[Any], *, start: int, records: BinaryIO, codes: BinaryIO,
                 text: pa.ipc.RecordBatchStreamWriter) -> None:

@@ -78,7 +78,7 @@ def plan_index(n: int, d: int, *, index_type: str = "auto", memory_budget_gb: fl
                                      "nbits": max(1, min(8, n.bit_length() - 1))}),
     }
     if index_type == "ivfpq" and n < PQ_MIN_ROWS:
-        log.warning("--index-type ivfpq needs at least %d prompts, the corpus has %d: using exact flat search",
+        log.warning("index_type ivfpq needs at least %d prompts, the corpus has %d: using exact flat search",
                     PQ_MIN_ROWS, n)
         return plans["flat"]
     if index_type != "auto":
@@ -160,7 +160,7 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
         finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(plan.type)
         log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
                     plan.type, recall, TARGET_RECALL,
-                    f"; raise --memory-budget or choose --index-type {finer}" if finer else "")
+                    f"; raise memory_budget_gb (--memory-budget) or choose index_type {finer}" if finer else "")
     return info
 
 

@@ -13,21 +13,19 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from index_store.atomic import commit_file
+from common.atomic import atomic_path
 
 SCHEMA = pa.schema([("prompt", pa.string())])
 
 
 def write_prompt_file(path: Path, blocks: Iterable[pa.Array | list[str]]) -> int:
     """Write ``blocks`` of prompts to ``path`` atomically (via a temporary sibling); returns the row count."""
-    tmp = path.with_name(f".{path.name}.tmp")
     rows = 0
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for block in blocks:
             array = block if isinstance(block, pa.Array) else pa.array(block, type=pa.string())
             writer.write_batch(pa.record_batch([array], schema=SCHEMA))
             rows += len(array)
-    commit_file(tmp, path)
     return rows
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from nearest_prompt.errors import InputError
+from common.errors import InputError
 
 DEFAULT_COLUMN = "prompt"
 BATCH = 65_536
@@ -47,16 +47,20 @@ def _kind(path: Path) -> str:
     return kind
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix.lower() == ".gz" else \
-        open(path, encoding="utf-8", newline="")
-    return raw
+def _open_text(path: Path, kind: str) -> io.TextIOBase:
+    """CSV/TSV: newline="" as the csv module needs (it knows quoted line breaks). Text and JSONL: lines
+    end at "\n" only, so a stray carriage return stays inside its prompt (cleaning turns it into a space)
+    instead of splitting it, and "\r\n" files read as well."""
+    newline = "" if kind in ("csv", "tsv") else "\n"
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    return open(path, encoding="utf-8", newline=newline)
 
 
 def check_sources(paths: list[str | os.PathLike], *, column: str | None = None) -> list[Source]:
     """Validate every corpus file before any work: exists, readable, known type, column present."""
     if not paths:
-        raise InputError("no prompt files given; pass --prompts FILE [FILE ...]")
+        raise InputError("no prompt files given", param="prompts")
     sources = []
     for p in paths:
         path = Path(p).expanduser().resolve()
@@ -84,23 +88,26 @@ def _check_parquet_column(path: Path, col: str) -> None:
     except Exception as e:
         raise InputError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:120]})") from e
     if col not in names:
-        raise InputError(f"{path}: no column {col!r} (columns: {', '.join(names)}); pass --column NAME")
+        raise InputError(f"{path}: no column {col!r} (columns: {', '.join(names)}); name the prompt column",
+                         param="column")
 
 
 def _csv_reader(f: io.TextIOBase, kind: str) -> Any:
-    return csv.reader(f, delimiter="\t" if kind == "tsv" else ",")
+    """Strict about quotes: a quote that never closes is an error, not a field that swallows the file."""
+    return csv.reader(f, delimiter="\t" if kind == "tsv" else ",", strict=True)
 
 
 def _check_csv_column(path: Path, col: str, kind: str) -> None:
     try:
-        with _open_text(path) as f:
+        with _open_text(path, kind) as f:
             header = next(_csv_reader(f, kind), None)
     except (UnicodeDecodeError, OSError, csv.Error) as e:
         raise InputError(f"{path}: not readable as UTF-8 {kind.upper()} ({str(e)[:120]})") from e
     if header is None:
         raise InputError(f"{path}: empty file, no header row")
     if col not in header:
-        raise InputError(f"{path}: no column {col!r} in the header ({', '.join(header[:20])}); pass --column NAME")
+        raise InputError(f"{path}: no column {col!r} in the header ({', '.join(header[:20])}); name the prompt "
+                         "column", param="column")
 
 
 def iter_values(source: Source) -> Iterator[list[Any]]:
@@ -132,25 +139,29 @@ def _iter_parquet(source: Source) -> Iterator[list[Any]]:
 
 
 def _iter_csv(source: Source) -> Iterator[list[Any]]:
-    with _open_text(source.path) as f:
+    with _open_text(source.path, source.kind) as f:
         reader = _csv_reader(f, source.kind)
         header = next(reader)
         idx = header.index(source.column)
         batch: list[Any] = []
+        start = reader.line_num + 1  # the line the next record starts on
         try:
             for row in reader:
                 batch.append(row[idx] if idx < len(row) else None)
+                start = reader.line_num + 1
                 if len(batch) >= BATCH:
                     yield batch
                     batch = []
         except csv.Error as e:
-            raise InputError(f"{source.path}: malformed CSV at line {reader.line_num} ({e})") from e
+            raise InputError(f"{source.path}:{start}: malformed {source.kind.upper()} ({e}): the record that "
+                             f"starts on line {start} has a quote that never closes, or a stray quote; fix "
+                             "the quoting") from None
         if batch:
             yield batch
 
 
 def _iter_text(source: Source) -> Iterator[list[Any]]:
-    with _open_text(source.path) as f:
+    with _open_text(source.path, source.kind) as f:
         batch: list[Any] = []
         for line in f:
             batch.append(line)
@@ -165,7 +176,7 @@ def _iter_jsonl(source: Source) -> Iterator[list[Any]]:
     key = source.column
     found = False
     keys_seen: set[str] = set()
-    with _open_text(source.path) as f:
+    with _open_text(source.path, source.kind) as f:
         batch: list[Any] = []
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -189,7 +200,7 @@ def _iter_jsonl(source: Source) -> Iterator[list[Any]]:
         if not found and (batch or keys_seen):
             raise InputError(
                 f"{source.path}: no key {key!r} in any record (keys seen: {', '.join(sorted(keys_seen)[:20])}); "
-                "pass --column NAME"
+                "name the prompt key", param="column"
             )
         if batch:
             yield batch

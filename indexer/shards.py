@@ -7,28 +7,18 @@ every shard whose file exists with the right shape.
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from index_store.atomic import commit_file
-from nearest_prompt.progress import progress_bar
+from common.atomic import atomic_path
+from common.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 Encode = Callable[[list[str]], np.ndarray]
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npy")
-    try:
-        np.save(tmp, array)
-        commit_file(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _shard_ok(path: Path, rows: int, dim: int) -> bool:
@@ -66,7 +56,8 @@ def embed_in_shards(texts: Sequence[str] | pa.Array | pa.ChunkedArray, *, encode
                 idx = order[b:b + batch_size]
                 out[idx] = encode([shard[i] for i in idx])
                 bar.update(len(idx))
-            _save_atomic(path, out)
+            with atomic_path(path) as tmp:
+                np.save(tmp, out)
     return paths
 
 

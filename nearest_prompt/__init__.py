@@ -1,7 +1,11 @@
 """nearest-prompt: which text prompt made this image?
 
-Packages: ``indexer`` (build), ``index_store`` (on-disk format),
-``retriever`` (search and predict), ``nearest_prompt`` (encoders, images, CLI).
+This package is the roof: the command line (``cli``, ``cli_eval``), which
+parses and prints and holds no domain logic. The library lives below it in
+``common``, ``encoders``, ``index_store``, ``indexer``, ``retriever`` and
+``evaluation`` (see docs/architecture.md).
 """
 
-__version__ = "0.1.0"
+from common.version import __version__
+
+__all__ = ["__version__"]

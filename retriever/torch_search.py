@@ -80,8 +80,8 @@ def to_search_backend(index: Any, backend: str, *, device: str | None = None) ->
     faiss-gpu if installed with a GPU, else torch on CUDA for flat indexes, else faiss CPU."""
     import faiss
 
-    from nearest_prompt.device import resolve_device
-    from nearest_prompt.errors import InputError
+    from common.device import resolve_device
+    from common.errors import InputError
 
     if backend not in ("auto", "faiss", "faiss-gpu", "torch"):
         raise InputError(f"search backend must be auto, faiss, faiss-gpu or torch, not {backend!r}")
@@ -96,9 +96,10 @@ def to_search_backend(index: Any, backend: str, *, device: str | None = None) ->
         return index
     if backend == "faiss-gpu":
         if not faiss_gpu_available():
-            raise InputError("faiss-gpu is not installed or sees no GPU; use --search-backend torch or faiss")
+            raise InputError("faiss-gpu is not installed or sees no GPU; use the torch or faiss backend",
+                             param="search_backend")
         return faiss.index_cpu_to_all_gpus(index)
     try:
         return TorchFlatIndex.from_faiss(index, device=resolve_device(device))
     except ValueError as e:
-        raise InputError(f"{e}; use --search-backend faiss") from e
+        raise InputError(f"{e}; use the faiss backend", param="search_backend") from e

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nearest_prompt.errors import InputError
+from common.errors import InputError, StoreError
+from index_store.format import MINILM
 
 from .search import Neighbors
 
@@ -40,11 +41,11 @@ class Weighting:
 
     def validate(self) -> "Weighting":
         if self.scheme not in SCHEMES:
-            raise InputError(f"weighting must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
-        if self.power <= 0 or self.eps <= 0:
-            raise InputError(f"power and eps must be positive (got {self.power}, {self.eps})")
-        if self.temperature <= 0:
-            raise InputError(f"temperature must be positive, got {self.temperature}")
+            raise InputError(f"weighting must be one of {', '.join(SCHEMES)}, got {self.scheme!r}", param="weighting")
+        for name in ("power", "eps", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise InputError(f"{name} must be a positive number, got {value!r}", param=name)
         return self
 
 
@@ -91,6 +92,10 @@ def blend_weights(ids: np.ndarray, weights: np.ndarray, minilm: np.ndarray) -> t
     for s in range(0, n, BLEND_CHUNK):  # bounded memory: BLEND_CHUNK x k neighbour vectors at a time
         rows = np.where(valid[s:s + BLEND_CHUNK], ids[s:s + BLEND_CHUNK], 0)
         vecs = np.asarray(minilm[rows.ravel()], dtype=np.float32).reshape(len(rows), k, -1)
+        if not np.isfinite(vecs).all():
+            bad = rows[~np.isfinite(vecs).all(axis=-1)][0]
+            raise StoreError(f"the MiniLM vector of row {bad} is not finite: the store's {MINILM} is damaged; "
+                             "check it with 'nearest-prompt info --index DIR --verify', and rebuild it if that fails")
         summed[s:s + len(rows)] = np.einsum("nk,nkd->nd", weights[s:s + BLEND_CHUNK].astype(np.float32), vecs)
     norm = np.linalg.norm(summed, axis=1)
     total = weights.sum(axis=1)
@@ -114,7 +119,7 @@ def fuse(parts: list[tuple[Neighbors, float]], minilm: np.ndarray, weighting: We
     ids, weights = [], []
     for nb, part_weight in parts:
         if part_weight < 0:
-            raise InputError(f"fusion weights must be non-negative, got {part_weight}")
+            raise InputError(f"fusion weights must be non-negative, got {part_weight}", param="caption_weight")
         w = neighbor_weights(nb, weighting)
         total = w.sum(axis=1, keepdims=True)
         weights.append(np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0) * part_weight)

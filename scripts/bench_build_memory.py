@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import FakeClipText, FakeMiniLM, PeakRSS, memory_status  # noqa: E402
-from nearest_prompt.paths import shared_data_dir  # noqa: E402
+from devkit.paths import shared_data_dir  # noqa: E402
 
 GiB = 2 ** 30
 
@@ -52,7 +52,7 @@ def naive(limit: int | None, dim: int) -> dict:
 import sys, time, numpy as np, pyarrow.parquet as pq, faiss
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from bench_common import FakeClipText, FakeMiniLM
-from nearest_prompt.paths import shared_data_dir
+from devkit.paths import shared_data_dir
 t = time.perf_counter()
 prompts = pq.read_table(shared_data_dir() / "prompts" / "sd_prompts.parquet").column("prompt").to_pylist()
 seen, uniq = set(), []
@@ -84,10 +84,10 @@ before = memory_status()["VmRSS"]
 s = index_store.open_store({str(out)!r}, verify="size")
 opened = memory_status()["VmRSS"]
 q = s.minilm[np.random.default_rng(0).choice(s.rows, 100, replace=False)].astype(np.float32)
-s.minilm_index.search(q, 10)
-s.index.search(np.random.default_rng(1).standard_normal((100, s.index.d), dtype=np.float32), 10)
+s.indexes['minilm'].search(q, 10)
+s.indexes['clip'].search(np.random.default_rng(1).standard_normal((100, s.indexes['clip'].d), dtype=np.float32), 10)
 m = memory_status()
-print(before, opened, m["VmRSS"], m["RssAnon"], int(is_memory_mapped(s.index)), int(is_memory_mapped(s.minilm_index)))
+print(before, opened, m["VmRSS"], m["RssAnon"], int(is_memory_mapped(s.indexes['clip'])), int(is_memory_mapped(s.indexes['minilm'])))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after, searched, searched_anon, m1, m2 = map(int, p.stdout.split())

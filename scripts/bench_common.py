@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nearest_prompt.clip import ClipInfo
-from nearest_prompt.minilm import MiniLMInfo
+from encoders.clip import ClipInfo
+from encoders.minilm import MiniLMInfo
 
 
 def memory_status() -> dict[str, int]:
@@ -59,7 +59,7 @@ class PeakRSS:
                     owner.stage = msg.split(": ", 1)[1]
 
         logger = logging.getLogger("indexer.build")
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.DEBUG)
         logger.addHandler(_Stages())
         return self
 

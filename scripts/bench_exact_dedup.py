@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import memory_status  # noqa: E402
-from nearest_prompt.paths import shared_data_dir  # noqa: E402
+from devkit.paths import shared_data_dir  # noqa: E402
 
 GiB = 2 ** 30
 
@@ -57,7 +57,7 @@ def run_ours(path: Path, limit: int | None) -> dict:
 
 
 def run_set(path: Path, limit: int | None) -> dict:
-    from indexer.clean import CleanStats, clean_prompt, dedup_key
+    from common.text import CleanStats, clean_prompt, dedup_key
     from indexer.readers import check_sources, iter_values
 
     seen: set[bytes] = set()

@@ -29,14 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import FakeClipText, FakeMiniLM  # noqa: E402
-from nearest_prompt.paths import shared_data_dir  # noqa: E402
+from devkit.paths import shared_data_dir  # noqa: E402
 
 RUNS = Path("runs/bench_predict")
 
 
 def make_store(clip_dir: Path, rows: int, name: str) -> tuple[Path, object]:
     import indexer
-    from nearest_prompt.clip import load_clip, parse_clip_spec
+    from encoders.clip import load_clip, parse_clip_spec
 
     enc = load_clip(parse_clip_spec(f"local-dir:{clip_dir}"), device="cpu")
     out = RUNS / name
@@ -63,7 +63,7 @@ def link_images(n: int, folder: Path) -> list[Path]:
 def profiled(r, paths: list[Path], k: int, batch: int = 16) -> dict:
     import torch
 
-    from nearest_prompt.images import load_image
+    from encoders.images import load_image
     from retriever.weighting import Weighting, blend
 
     t = dict.fromkeys(("decode", "preprocess", "clip_image_encoder", "search", "blend"), 0.0)
@@ -93,7 +93,7 @@ def naive(r, paths: list[Path], k: int) -> dict:
     from PIL import Image
 
     enc = r.clip
-    xb = r.store.index.reconstruct_n(0, r.store.index.ntotal)
+    xb = r.store.indexes['clip'].reconstruct_n(0, r.store.indexes['clip'].ntotal)
     minilm = np.asarray(r.store.minilm, dtype=np.float32)
     start = time.perf_counter()
     for p in paths:
@@ -146,8 +146,8 @@ def main() -> None:
     import open_clip
     import torch
 
-    from nearest_prompt.clip import save_local_dir
-    from nearest_prompt.tiny_clip import make_tiny_clip
+    from encoders.clip import save_local_dir
+    from devkit.tiny_clip import make_tiny_clip
     from retriever import Retriever
 
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def main() -> None:
     paths = link_images(a.images, RUNS / "images")
     r = Retriever.open(store, clip=enc)
     print(f"{a.images} images (7 competition images repeated), store {r.rows:,} prompts "
-          f"({r.store.manifest['index']['type']}), CLIP {a.arch} random weights, CPU {os.cpu_count()} cores, "
+          f"({r.store.manifest.index('clip').type}), CLIP {a.arch} random weights, CPU {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, k={a.k}")
     if not a.rss_only:
         ours = profiled(r, paths, a.k)

@@ -7,7 +7,7 @@ Its neighbours are meaningless: it exists so that the pipeline runs offline.
 
 import argparse
 
-from nearest_prompt.tiny_clip import make_tiny_clip
+from devkit.tiny_clip import make_tiny_clip
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,9 +17,9 @@ import numpy as np
 
 from indexer.dedup import keep_from_pairs, near_duplicate_pairs
 from indexer.shards import embed_in_shards, ShardedMatrix
-from nearest_prompt.minilm import load_minilm
+from encoders.minilm import load_minilm
 from retriever import Neighbors, Weighting, blend
-from retriever.evaluate import (CONSTANT_PROMPT, confidence_report, corpus_mean_vector, cosine, dedup_keys,
+from evaluation.evaluate import (CONSTANT_PROMPT, confidence_report, corpus_mean_vector, cosine, dedup_keys,
                                 exclude_self, first_clause)
 from retriever.search import search
 from text_route_study import OUT, load_split

@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from indexer.shards import ShardedMatrix, embed_in_shards  # noqa: E402
-from nearest_prompt.minilm import load_minilm  # noqa: E402
-from nearest_prompt.paths import shared_data_dir  # noqa: E402
+from encoders.minilm import load_minilm  # noqa: E402
+from devkit.paths import shared_data_dir  # noqa: E402
 
 OUT = Path(os.environ.get("NP_RUNS", "runs")) / "text_study"
 

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from nearest_prompt.paths import shared_data_dir  # noqa: E402
+from devkit.paths import shared_data_dir  # noqa: E402
 
 DATA = shared_data_dir()
 CORPUS = DATA / "prompts" / "sd_prompts.parquet"
@@ -37,7 +37,7 @@ def corpus_slice(n: int, *, offset: int = 0) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
-    from nearest_prompt.tiny_clip import make_tiny_clip
+    from devkit.tiny_clip import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), seed=0)
 
@@ -49,14 +49,14 @@ def clip_spec(tiny_clip_dir) -> str:
 
 @pytest.fixture(scope="session")
 def clip_encoder(clip_spec):
-    from nearest_prompt.clip import load_clip, parse_clip_spec
+    from encoders.clip import load_clip, parse_clip_spec
 
     return load_clip(parse_clip_spec(clip_spec), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    from nearest_prompt.minilm import load_minilm
+    from encoders.minilm import load_minilm
 
     return load_minilm(device="cpu")
 

@@ -9,6 +9,7 @@ import pytest
 
 import index_store
 import indexer
+from common.errors import InputError
 from index_store.format import CLIP_INDEX, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
 from retriever import Retriever
 
@@ -18,19 +19,19 @@ from .conftest import STORE_PROMPTS, corpus_slice
 def test_store_round_trip_and_row_contract(store_dir, minilm, clip_encoder):
     store = index_store.open_store(store_dir, verify="full")
     m = store.manifest
-    stats = m["build"]["stats"]
+    stats = m.build["stats"]
     assert stats["values_read"] == STORE_PROMPTS + 2
     assert stats["exact_duplicates"] >= 1  # the upper-cased copy
     assert stats["near_duplicates"] >= 1  # the ", 4k" variant
-    assert store.rows == stats["rows"] == store.index.ntotal == len(store.minilm) == store.table.num_rows
-    assert m["models"]["clip"]["model"].startswith("local-dir:")
-    assert m["models"]["minilm"]["dim"] == 384 and store.minilm.dtype == np.float16
+    assert store.rows == stats["rows"] == store.indexes["clip"].ntotal == len(store.minilm) == store.table.num_rows
+    assert m.clip.model.startswith("local-dir:")
+    assert m.minilm.dim == 384 and store.minilm.dtype == np.float16
     assert isinstance(store.minilm, np.memmap)
     # row i of every file describes the same prompt
     ids = np.array([0, 1, store.rows // 2, store.rows - 1])
     texts = store.prompts(ids)
     np.testing.assert_allclose(store.minilm[ids].astype(np.float32), minilm.encode(texts), atol=2e-3)
-    stored_clip = np.stack([store.index.reconstruct(int(i)) for i in ids])
+    stored_clip = np.stack([store.indexes["clip"].reconstruct(int(i)) for i in ids])
     np.testing.assert_allclose(stored_clip, clip_encoder.encode_text(texts), atol=1e-5)
     assert store.prompts([-1, 0])[0] is None
     with pytest.raises(IndexError):
@@ -117,7 +118,7 @@ def test_failure_while_writing_store_keeps_old_store(tmp_path, build_config, cli
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(sys.modules["indexer.build"], "build_index", broken_build_index)  # the module, not the function
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"the disk filled up .* resumable: 2 of 2 embedding shards"):
         indexer.build([_small_corpus(tmp_path, 50, offset=300, name="b.txt")], out, config=build_config,
                       clip=clip_encoder, minilm=minilm, progress=False)
     assert (out / MANIFEST).read_bytes() == before
@@ -144,8 +145,8 @@ def test_resumed_build_equals_uninterrupted_build(tmp_path, build_config, clip_e
     for name in (PROMPTS, MINILM):
         assert (fresh / name).read_bytes() == (resumed / name).read_bytes()
     a, b = index_store.open_store(fresh), index_store.open_store(resumed)
-    np.testing.assert_array_equal(a.index.reconstruct_n(0, rows), b.index.reconstruct_n(0, rows))
-    assert a.manifest["build"]["stats"] == b.manifest["build"]["stats"]
+    np.testing.assert_array_equal(a.indexes["clip"].reconstruct_n(0, rows), b.indexes["clip"].reconstruct_n(0, rows))
+    assert a.manifest.build["stats"] == b.manifest.build["stats"]
 
 
 def test_changed_inputs_restart_the_work_dir(tmp_path, build_config, clip_encoder, minilm):
@@ -165,7 +166,7 @@ def test_rebuild_replaces_store(tmp_path, build_config, clip_encoder, minilm):
                   progress=False)
     indexer.build([_small_corpus(tmp_path, 35, offset=700, name="d.txt")], out, config=build_config,
                   clip=clip_encoder, minilm=minilm, progress=False)
-    assert index_store.open_store(out).manifest["build"]["stats"]["values_read"] == 35
+    assert index_store.open_store(out).manifest.build["stats"]["values_read"] == 35
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".store")] == []
 
 
@@ -185,8 +186,8 @@ def test_limit_and_no_near_dedup(tmp_path, build_config, clip_encoder, minilm):
 
 
 def test_query_with_a_different_clip_is_refused(store_dir, tmp_path):
-    from nearest_prompt.errors import ModelError
-    from nearest_prompt.tiny_clip import make_tiny_clip
+    from common.errors import ModelError
+    from devkit.tiny_clip import make_tiny_clip
 
     other = make_tiny_clip(tmp_path / "other", seed=1)
     r = Retriever.open(store_dir, clip=f"local-dir:{other}")
@@ -224,8 +225,8 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
     indexer.build([_small_corpus(tmp_path, 120)], out, config=replace(build_config, index_type=kind),
                   clip=clip_encoder, minilm=minilm, progress=False)
     store = index_store.open_store(out)
-    assert store.manifest["index"]["type"] == kind
-    for index, name in ((store.index, CLIP_INDEX), (store.minilm_index, MINILM_INDEX)):
+    assert store.manifest.index("clip").type == kind
+    for index, name in ((store.indexes["clip"], CLIP_INDEX), (store.indexes["minilm"], MINILM_INDEX)):
         assert is_memory_mapped(index), name
         in_memory = faiss.read_index(str(out / name))
         assert not is_memory_mapped(in_memory)
@@ -239,7 +240,7 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
 
 def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
     from index_store.writer import StoreWriter
-    from nearest_prompt.errors import StoreError
+    from common.errors import StoreError
 
     x = rng.normal(size=(10, 384)).astype(np.float16)
     with StoreWriter(tmp_path / "s") as w:

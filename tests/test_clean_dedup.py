@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from indexer import dedup, exact_dedup, readers
-from indexer.clean import clean_prompt
+from common.text import clean_prompt
 from indexer.exact_dedup import ExactDedup
 from indexer.readers import check_sources
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from index_store.format import CLIP_INDEX, MANIFEST, MINILM
 from nearest_prompt.cli import main
-from retriever.submission import read_submission
+from evaluation.submission import read_submission
 
 from .conftest import KAGGLE, corpus_slice, need_data
 
@@ -113,9 +113,9 @@ def test_build_weights_that_cannot_be_downloaded(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, "build", "--prompts", good, "--out", tmp_path / "s", "--clip", "ViT-B-32",
                        "--pretrained", "laion2b_s34b_b79k", "-q")
     assert_one_line_error(code, err, "could not download CLIP weights")
-    assert "local-dir:" in err and "--pretrained /path/to/checkpoint" in err
+    assert "local-dir:" in err and "--pretrained FILE" in err
     code, _, err = run(capsys, "build", "--prompts", good, "--out", tmp_path / "s", "--clip", "ViT-B-32", "-q")
-    assert_one_line_error(code, err, "needs --pretrained")
+    assert_one_line_error(code, err, "--pretrained: clip=ViT-B-32 needs pretrained")
 
 
 def test_build_refuses_to_replace_a_non_store_directory(capsys, tmp_path, clip_spec):
@@ -219,7 +219,7 @@ def test_predict_bad_input(cli_store, capsys, tmp_path):
 
 
 def test_query_with_other_clip_is_refused(cli_store, capsys, tmp_path):
-    from nearest_prompt.tiny_clip import make_tiny_clip
+    from devkit.tiny_clip import make_tiny_clip
 
     other = make_tiny_clip(tmp_path / "other", seed=7)
     code, _, err = run(capsys, "query", "--index", cli_store, "--text", "x", "--clip", f"local-dir:{other}", "-q")

@@ -5,12 +5,12 @@ import csv
 import numpy as np
 import pytest
 
-from nearest_prompt.errors import InputError
+from common.errors import InputError
 from retriever import Neighbors, Weighting, blend
-from retriever.ensemble import blend_predictions
-from retriever.evaluate import (CONSTANT_PROMPT, baselines, confidence_report, corpus_mean_vector, cosine,
+from evaluation.ensemble import blend_predictions
+from evaluation.evaluate import (CONSTANT_PROMPT, baselines, confidence_report, corpus_mean_vector, cosine,
                                 dedup_keys, first_clause, text_oracle_methods)
-from retriever.submission import read_submission
+from evaluation.submission import read_submission
 from retriever.weighting import drop_neighbors, fuse
 
 from .conftest import KAGGLE, need_data, unit
@@ -152,7 +152,7 @@ def test_eval_cli_bad_input(cli_store_path, capsys, tmp_path):
 
 def test_blend_cli(cli_store_path, capsys, tmp_path):
     from nearest_prompt.cli import main
-    from retriever.submission import write_submission
+    from evaluation.submission import write_submission
 
     ids = ["a", "b", "c"]
     rng = np.random.default_rng(0)
@@ -194,4 +194,4 @@ def test_query_minilm_space_and_captions(cli_store_path, capsys, tmp_path):
     assert not np.allclose(np.load(fused), np.load(plain), atol=1e-3)
     (tmp_path / "bad.csv").write_text("name,text\nx,y\n")
     assert main(base + ["--out", str(zero), "--captions", str(tmp_path / "bad.csv")]) == 2
-    assert "need columns imgId" in capsys.readouterr().err
+    assert "--captions: " in (err := capsys.readouterr().err) and "no image column" in err

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nearest_prompt.errors import InputError
-from nearest_prompt.images import collect_images, load_image
+from common.errors import InputError
+from encoders.images import collect_images, load_image
 
 
 def _save(img, path, **kw):
@@ -72,8 +72,19 @@ def test_decompression_bomb_is_refused(tmp_path):
     with pytest.raises(InputError, match="decompression bomb"):
         collect_images([bomb])
     small = _save(Image.new("RGB", (20, 20)), tmp_path / "small.png")
-    with pytest.raises(InputError, match="over the limit"):
+    with pytest.raises(InputError, match="over the limit of 100 .*raise max_pixels"):
         load_image(small, max_pixels=100)
+    with pytest.raises(InputError, match="over the pixel limit.*--max-pixels"):
+        collect_images([tmp_path], max_pixels=100)
+
+
+def test_max_pixels_governs_pillows_own_cap(tmp_path, monkeypatch):
+    """Pillow refuses (at open) images over twice its global cap; ours alone must decide."""
+    small = _save(Image.new("RGB", (20, 20), (10, 20, 30)), tmp_path / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 400 pixels: Pillow alone would refuse
+    assert collect_images([small], max_pixels=1000).paths == [small]
+    assert load_image(small, max_pixels=1000).getpixel((3, 3)) == (10, 20, 30)
+    assert Image.MAX_IMAGE_PIXELS == 50  # restored
 
 
 def test_folder_skips_bad_files_and_explicit_bad_file_fails(tmp_path, mode_images):

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from indexer.readers import check_sources, iter_values
-from nearest_prompt.errors import InputError
+from common.errors import InputError
 
 
 def _values(path, column=None):

@@ -8,7 +8,7 @@ import pytest
 from index_store.reader import _read_index
 from indexer.faiss_index import build_index, plan_index
 from indexer.shards import ShardedMatrix
-from nearest_prompt.errors import InputError
+from common.errors import InputError
 from retriever import search
 
 from .conftest import unit

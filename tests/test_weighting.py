@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nearest_prompt.errors import InputError
+from common.errors import InputError
 from retriever import Neighbors, Weighting, blend, neighbor_weights
 
 from .conftest import unit

@@ -25,7 +25,7 @@ def make_tiny_clip(folder: str | Path, *, seed: int = 0) -> Path:
     import open_clip
     import torch
 
-    from .clip import save_local_dir
+    from encoders.clip import save_local_dir
 
     torch.manual_seed(seed)
     cfg = copy.deepcopy(TINY_MODEL_CFG)

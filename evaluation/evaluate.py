@@ -2,7 +2,7 @@
 
 Score of one item = cosine similarity between the predicted 384-d vector and
 the all-MiniLM-L6-v2 embedding of the true prompt; a set scores the mean.
-Everything here takes plain arrays; ``nearest_prompt.cli`` wires it to files.
+Everything here takes plain arrays; ``evaluation.run`` wires it to a retriever.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .search import Neighbors
-from .weighting import Weighting, blend, drop_neighbors
+from common.text import dedup_keys, first_clause  # noqa: F401  (re-exported for scripts)
+from retriever.search import Neighbors
+from retriever.weighting import Weighting, blend, drop_neighbors
 
 CONSTANT_PROMPT = "All work and no Kaggle makes Jack a dull boy"  # the competition's own example
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -139,18 +140,6 @@ def exclude_self(neighbors: Neighbors, neighbor_keys: np.ndarray, query_keys: np
     return drop_neighbors(neighbors, drop, k=k)
 
 
-def first_clause(prompt: str) -> str:
-    """The degraded query: the prompt's first comma-separated clause (how a plain caption reads)."""
-    return prompt.split(",", 1)[0].strip() or prompt.strip()
-
-
-def dedup_keys(texts: Sequence[str | None]) -> np.ndarray:
-    """Exact-duplicate keys (see ``indexer.clean``) as a fixed-width bytes array; b"" for None."""
-    from indexer.clean import clean_prompt, dedup_key
-
-    return np.array([dedup_key(clean_prompt(t) or "") if t is not None else b"" for t in texts], dtype="S16")
-
-
 def text_oracle_methods(truth: np.ndarray, query_keys: np.ndarray, *, index: Any, minilm: np.ndarray,
                         row_keys: Any, k: int, weightings: dict[str, Weighting],
                         ks: Sequence[int] | None = None, extra: int = 8) -> list[MethodScores]:
@@ -159,7 +148,7 @@ def text_oracle_methods(truth: np.ndarray, query_keys: np.ndarray, *, index: Any
     ``row_keys(ids)`` gives the dedup keys of store rows (b"" for -1). The
     scores are the ceiling a perfect image encoder would reach on this corpus.
     """
-    from .search import search
+    from retriever.search import search
 
     nb = search(index, truth, k=min(k + extra, int(index.ntotal)))
     nb = exclude_self(nb, row_keys(nb.ids), query_keys, k=k)
@@ -176,7 +165,7 @@ def text_degraded_methods(truth: np.ndarray, clause_vectors: np.ndarray, query_k
     and ``normalise(a * clause + (1 - a) * retrieval)`` for each ``a`` in ``mix``.
     Exact copies of the true prompt are excluded from the neighbours.
     """
-    from .search import search
+    from retriever.search import search
 
     nb = search(index, clause_vectors, k=min(k + extra, int(index.ntotal)))
     nb = exclude_self(nb, row_keys(nb.ids), query_keys, k=k)

@@ -8,7 +8,8 @@ from .evaluate import EvalReport
 
 
 def plot_report(report: EvalReport, path: str | Path) -> Path:
-    """Left: score distribution per method. Right: score against confidence for methods that have one."""
+    """Left: score distribution per method. Right: score against confidence for methods that have one.
+    Writes ``path`` directly: callers write through ``common.atomic.atomic_path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,8 +34,6 @@ def plot_report(report: EvalReport, path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(report.title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

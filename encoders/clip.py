@@ -21,15 +21,16 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .device import resolve_device
-from .errors import InputError, ModelError
-from .fingerprint import weights_fingerprint
+from common.atomic import atomic_path, write_bytes_atomic
+from common.device import resolve_device
+from common.errors import InputError, ModelError
+from common.checksums import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,10 @@ DEFAULT_CLIP = "ViT-H-14"
 DEFAULT_PRETRAINED = "laion2b_s32b_b79k"
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
-_WEIGHT_NAMES = (
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.safetensors",
-    "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth",
-    "model.safetensors",
-    "pytorch_model.bin",
-    "pytorch_model.pth",
-    "model.pth",
-)
 _OFFLINE_HINT = (
-    "download the weights on a machine with access and pass them with "
-    "--clip ARCH --pretrained /path/to/checkpoint, or save an open_clip folder "
-    "(open_clip_config.json + open_clip_model.safetensors) and pass --clip local-dir:/path"
+    "download the weights on a machine with access and pass the checkpoint file as pretrained with the "
+    "architecture as clip (--clip ARCH --pretrained FILE), or save an open_clip folder "
+    "(open_clip_config.json + open_clip_model.safetensors) and pass it as clip=local-dir:PATH"
 )
 
 
@@ -112,54 +103,75 @@ def parse_clip_spec(model: str | None = None, pretrained: str | None = None) -> 
     model = model or DEFAULT_CLIP
     if model.startswith(LOCAL_DIR):
         if pretrained:
-            raise InputError(f"--pretrained cannot be combined with --clip {model}: the folder holds the weights")
+            raise InputError(f"pretrained cannot be combined with clip={model}: the folder holds the weights",
+                             param="pretrained")
         folder = Path(model[len(LOCAL_DIR):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
             raise InputError(
-                f"--clip {model}: no open_clip_config.json in {folder}; a local-dir: folder needs "
-                "open_clip_config.json and open_clip_model.safetensors"
-            )
+                f"{model}: no open_clip_config.json in {folder}; a local-dir: folder needs "
+                "open_clip_config.json and open_clip_model.safetensors", param="clip")
         if _weights_in_dir(folder) is None:
-            raise InputError(f"--clip {model}: no weights file in {folder} (expected open_clip_model.safetensors)")
+            raise InputError(f"{model}: no weights file in {folder} (expected open_clip_model.safetensors)",
+                             param="clip")
         return ClipSpec(LOCAL_DIR + str(folder.resolve()))
     if model.startswith(HF_HUB):
         if pretrained:
-            raise InputError(f"--pretrained cannot be combined with --clip {model}")
+            raise InputError(f"pretrained cannot be combined with clip={model}", param="pretrained")
         return ClipSpec(model)
     if Path(model).is_file():
         raise InputError(
-            f"--clip {model} is a file: name the architecture and pass the checkpoint as "
-            f"--clip ARCH --pretrained {model} (e.g. --clip ViT-H-14)"
-        )
+            f"{model} is a file: name the architecture as clip (e.g. ViT-H-14) and pass the checkpoint file "
+            "as pretrained", param="clip")
     known = open_clip.list_models()
     if model not in known:
         close = difflib.get_close_matches(model, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise InputError(f"unknown CLIP model {model!r}{hint}; see open_clip.list_models(), or use local-dir:PATH")
+        raise InputError(f"unknown CLIP model {model!r}{hint}; see open_clip.list_models(), or use local-dir:PATH",
+                         param="clip")
     if pretrained is None:
         if model != DEFAULT_CLIP:
             tags = open_clip.list_pretrained_tags_by_model(model)
             raise InputError(
-                f"--clip {model} needs --pretrained TAG or a checkpoint file "
-                f"(tags for {model}: {', '.join(tags) or 'none'}); without weights the model is random"
-            )
+                f"clip={model} needs pretrained: a tag or a checkpoint file "
+                f"(tags for {model}: {', '.join(tags) or 'none'}); without weights the model is random",
+                param="pretrained")
         pretrained = DEFAULT_PRETRAINED
     if os.path.isfile(pretrained):
         return ClipSpec(model, str(Path(pretrained).resolve()))
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
         raise InputError(
-            f"--pretrained {pretrained!r} is neither a file nor a tag of {model} "
-            f"(tags: {', '.join(tags) or 'none'})"
-        )
+            f"{pretrained!r} is neither a file nor a tag of {model} (tags: {', '.join(tags) or 'none'})",
+            param="pretrained")
     return ClipSpec(model, pretrained)
 
 
 def _weights_in_dir(folder: Path) -> Path | None:
-    for name in _WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """The checkpoint open_clip itself would load from a ``local-dir:`` folder."""
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    found = _find_checkpoint_in_dir(folder) if folder.is_dir() else None
+    return Path(found) if found else None
+
+
+def portable_spec(info: "ClipInfo", *, store: Path) -> "ClipInfo":
+    """``info`` as a store records it: a ``local-dir:`` folder inside or beside the store (under the
+    store's parent) is written relative to the store, so that the store and its model folder can be
+    moved or copied together; ``resolve_spec`` reads it back."""
+    if not info.model.startswith(LOCAL_DIR):
+        return info
+    folder = Path(info.model[len(LOCAL_DIR):])
+    store = Path(store).absolute()
+    if not folder.is_relative_to(store.parent):
+        return info
+    return replace(info, model=LOCAL_DIR + os.path.relpath(folder, store))
+
+
+def resolve_spec(spec: ClipSpec, *, store: Path) -> ClipSpec:
+    """A spec read from a store's manifest, with a relative ``local-dir:`` path resolved against the store."""
+    if spec.model.startswith(LOCAL_DIR) and not os.path.isabs(spec.model[len(LOCAL_DIR):]):
+        return ClipSpec(LOCAL_DIR + os.path.normpath(Path(store) / spec.model[len(LOCAL_DIR):]), spec.pretrained)
+    return spec
 
 
 def _weights_path(spec: ClipSpec) -> Path:
@@ -246,7 +258,7 @@ class ClipEncoder:
         return self.model.encode_text(tokens)
 
     def encode_images(self, images: Sequence[Any], *, batch_size: int = 16) -> np.ndarray:
-        """Unit vectors [n, d] for RGB PIL images (see ``nearest_prompt.images.load_image``)."""
+        """Unit vectors [n, d] for RGB PIL images (see ``encoders.images.load_image``)."""
         import torch
 
         out = np.empty((len(images), self.dim), dtype=np.float32)
@@ -327,13 +339,9 @@ def _embed_dim(model: Any) -> int:
 
 
 def _model_cfg(spec: ClipSpec) -> dict[str, Any]:
+    """The architecture config, as open_clip reads it (``local-dir:`` config file, hub or built-in)."""
     import open_clip
 
-    if spec.model.startswith(LOCAL_DIR):
-        cfg_path = Path(spec.model[len(LOCAL_DIR):]) / "open_clip_config.json"
-        return json.loads(cfg_path.read_text())["model_cfg"]
-    if spec.model.startswith(HF_HUB):
-        return {"hf_hub": spec.model}
     return open_clip.get_model_config(spec.model) or {}
 
 
@@ -345,9 +353,10 @@ def save_local_dir(model: Any, folder: str | os.PathLike, *, model_cfg: dict[str
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
-    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    write_bytes_atomic(folder / "open_clip_config.json", json.dumps(config, indent=2).encode())
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "open_clip_model.safetensors"))
+    with atomic_path(folder / "open_clip_model.safetensors") as tmp:
+        save_file(state, str(tmp))
     return folder
 
 

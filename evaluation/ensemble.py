@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nearest_prompt.errors import InputError
+from common.errors import InputError
 
 
 def blend_predictions(vectors: Sequence[np.ndarray], *, weights: Sequence[float] | None = None,
@@ -26,10 +26,10 @@ def blend_predictions(vectors: Sequence[np.ndarray], *, weights: Sequence[float]
         raise InputError(f"all predictions must have the same [n, d] shape, got {sorted(shapes)}")
     weights = [1.0] * len(vectors) if weights is None else list(weights)
     if len(weights) != len(vectors) or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise InputError(f"need one non-negative weight per input (not all zero), got {weights}")
+        raise InputError(f"need one non-negative weight per input (not all zero), got {weights}", param="weights")
     confidences = list(confidences) if confidences is not None else [None] * len(vectors)
     if len(confidences) != len(vectors):
-        raise InputError("need one confidence array (or None) per input")
+        raise InputError("need one confidence array (or None) per input", param="confidence")
     n = len(vectors[0])
     total = np.zeros(np.shape(vectors[0]), dtype=np.float64)
     for v, w, c in zip(vectors, weights, confidences):

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .device import resolve_device
-from .errors import ModelError
-from .fingerprint import weights_fingerprint
+from common.device import resolve_device
+from common.errors import ModelError
+from common.checksums import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def load_minilm(spec: str | None = None, *, device: str | None = None) -> MiniLM
     except Exception as e:
         raise ModelError(
             f"could not load the MiniLM model {spec!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "pass a local sentence-transformers folder with --minilm PATH"
+            "pass a local sentence-transformers folder as minilm", param="minilm"
         ) from e
     weights = None
     for name in ("model.safetensors", "pytorch_model.bin"):

@@ -10,8 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from index_store.atomic import write_bytes_atomic
-from nearest_prompt.errors import InputError
+from common.atomic import write_bytes_atomic
+from common.errors import InputError
 
 HEADER = ("imgId_eId", "val")
 
@@ -59,8 +59,8 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
                 rows.setdefault(img, {})[int(e)] = float(val)
     except FileNotFoundError as e:
         raise InputError(f"{path}: no such submission file") from e
-    except ValueError as e:
-        raise InputError(f"{path}: malformed submission row ({e})") from e
+    except (ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
+        raise InputError(f"{path}: malformed submission row ({str(e)[:120]})") from e
     ids = list(rows)
     if not ids:
         return ids, np.empty((0, 0), dtype=np.float32)
@@ -89,11 +89,18 @@ def write_npy(path: str | Path, image_ids: Sequence[str], vectors: np.ndarray) -
     return ids_path(path)
 
 
+def confidence_path(path: str | Path) -> Path:
+    """``FILE.confidence.csv`` beside a prediction file ``FILE.csv`` or ``FILE.npy``."""
+    p = Path(path)
+    return p.with_name(p.stem + ".confidence.csv")
+
+
 def write_confidence(path: str | Path, image_ids: Sequence[str], confidence: np.ndarray,
-                     top_score: np.ndarray) -> None:
-    """Sidecar CSV ``imgId,confidence,top_score`` for ensembles."""
+                     top_score: np.ndarray) -> Path:
+    """Sidecar CSV ``imgId,confidence,top_score`` for ensembles; returns its path."""
     buf = io.StringIO()
     buf.write("imgId,confidence,top_score\n")
     for img, c, t in zip(image_ids, confidence.tolist(), top_score.tolist()):
         buf.write(f"{img},{c:.6f},{t:.6f}\n")
     write_bytes_atomic(path, buf.getvalue().encode())
+    return Path(path)

@@ -1,0 +1,186 @@
+"""Safe image loading: any mode to RGB, decompression-bomb guard, folder expansion."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from common.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x 9459)
+_CAP_LOCK = threading.RLock()  # Image.MAX_IMAGE_PIXELS is process-wide
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file fully and return it as 8-bit RGB.
+
+    Grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit or
+    float images are converted; EXIF orientation is applied. Raises
+    ``InputError`` for files that are not images, are truncated, or have
+    more than ``max_pixels`` pixels (a decompression bomb).
+    """
+    path = Path(path)
+    try:
+        with _our_limit_only(), Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(_bomb_message(path, w, h, max_pixels), param="max_pixels")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as e:  # a frame larger than the header said
+        raise InputError(f"{path}: refused as a decompression bomb ({e}); raise max_pixels if the image is "
+                         "genuine", param="max_pixels") from e
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{path}: is a directory") from e
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for bad/truncated data
+        raise InputError(f"{path}: not a readable image ({str(e).splitlines()[0][:120]})") from e
+
+
+def _bomb_message(path: Path, w: int, h: int, max_pixels: int) -> str:
+    return (f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} (a guard against "
+            "decompression bombs); resize the image, or raise max_pixels if it is genuine")
+
+
+@contextmanager
+def _our_limit_only() -> Iterator[None]:
+    """Pillow's own bomb cap off while we open an image: ``max_pixels`` is checked against the header
+    before anything is decoded, and it alone decides (Pillow's fixed cap could not be raised by it)."""
+    with _CAP_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():  # our own limit applies; Pillow's warning would be noise
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0
+        elif mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L")
+        mode = "L"
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return im
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        """The reason without its details (``not an image``, ``over the pixel limit``, ...)."""
+        return self.reason.split(" (", 1)[0].split(":", 1)[0]
+
+
+@dataclass
+class ImageSet:
+    """Usable image paths (in a stable order) plus the folder files skipped, with reasons."""
+
+    paths: list[Path]
+    skipped: list[Skipped]
+    explicit: list[Path]  # paths named on their own (not found in a folder): failures there are errors
+
+
+def summarize_skipped(skipped: list[Skipped]) -> list[str]:
+    """One line per kind of reason: how many files, and the first of them with its full reason."""
+    counts = Counter(s.kind for s in skipped)
+    first = {}
+    for s in skipped:
+        first.setdefault(s.kind, s)
+    return [f"{n} file(s) {kind}, e.g. {first[kind].path}: {first[kind].reason}" for kind, n in counts.items()]
+
+
+def collect_images(args: Iterable[str | os.PathLike], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   recursive: bool = False) -> ImageSet:
+    """Expand files and folders (their subfolders too with ``recursive``) into image paths, checking
+    each header.
+
+    A file named explicitly must be a readable image (``InputError`` if not).
+    Inside a folder, unreadable files are skipped and reported; it is an error
+    only if no usable image remains, and the error says why files were skipped
+    and which subfolders were not looked into.
+    """
+    args = list(args)
+    paths: list[Path] = []
+    skipped: list[Skipped] = []
+    explicit: list[Path] = []
+    subfolders: list[Path] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            children = sorted(p.rglob("*") if recursive else p.iterdir())
+            for child in children:
+                if any(part.startswith(".") for part in child.relative_to(p).parts):
+                    continue
+                if child.is_dir():
+                    if not recursive:
+                        subfolders.append(child)
+                    continue
+                reason = _header_problem(child, max_pixels)
+                if reason:
+                    skipped.append(Skipped(str(child), reason))
+                else:
+                    paths.append(child)
+        elif p.exists():
+            reason = _header_problem(p, max_pixels)
+            if reason:
+                raise InputError(f"{p}: {reason}", param="max_pixels" if "pixel limit" in reason else "images")
+            paths.append(p)
+            explicit.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder", param="images")
+    if not paths:
+        where = ", ".join(str(a) for a in args) or "(nothing given)"
+        why = "; ".join(summarize_skipped(skipped))
+        sub = (f"; it has subfolders ({', '.join(s.name for s in subfolders[:5])}): name them, or search them "
+               "with recursive (--recursive)") if subfolders else ""
+        raise InputError(f"no usable images in {where}" + (f" (skipped {why})" if why else "") + sub,
+                         param="images")
+    return ImageSet(paths, skipped, explicit)
+
+
+def _header_problem(path: Path, max_pixels: int) -> str | None:
+    """A cheap check of the header; full decoding errors surface in ``load_image``."""
+    try:
+        with _our_limit_only(), Image.open(path) as im:  # the header only; the check is ours, below
+            w, h = im.size
+    except Exception as e:
+        return f"not an image ({type(e).__name__})"
+    if w * h > max_pixels:
+        return (f"over the pixel limit ({w}x{h} = {w * h:,} pixels, limit {max_pixels:,}, a guard against "
+                "decompression bombs): raise max_pixels (--max-pixels) if it is genuine")
+    return None

@@ -1,0 +1,169 @@
+"""The readers of the files eval, predict and blend take besides images: CSV tables with column
+aliases (pairs, captions, confidence sidecars), prediction files (``.csv`` submissions or ``.npy`` +
+``.ids.txt``), and the one ``.csv``/``.npy`` output dispatch.
+
+Every problem is an ``InputError`` naming the file (and the parameter it came in), never a traceback:
+not UTF-8, a quote that never closes (with its line), a missing column, no rows, a non-numeric value.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from common.errors import InputError
+
+from .submission import ids_path, read_submission, write_npy, write_submission
+
+IMAGE_COLUMNS = ("image", "imgId", "path", "file", "image_path", "filename", "id")
+PROMPT_COLUMNS = ("prompt",)
+CAPTION_COLUMNS = ("caption", "prompt", "text")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+PREDICTION_SUFFIXES = (".csv", ".npy")
+
+
+@dataclass(frozen=True)
+class Table:
+    path: Path
+    columns: dict[str, str]  # role -> the column that plays it
+    rows: list[dict[str, str]]
+
+    def values(self, role: str) -> list[str]:
+        return [r[self.columns[role]] for r in self.rows]
+
+
+def read_table(path: str | Path, *, param: str, roles: dict[str, Sequence[str]]) -> Table:
+    """A CSV file with a header: for each role, the first of its column aliases that the header has."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file", param=param)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, strict=True)
+            rows, start = [], 1
+            try:
+                for row in reader:
+                    rows.append(row)
+                    start = reader.line_num + 1
+            except csv.Error as e:
+                raise InputError(f"{path}:{start}: malformed CSV ({e}; a quote that never closes?); fix the "
+                                 "quoting", param=param) from None
+            header = reader.fieldnames or []
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", param=param) from None
+    columns = {}
+    for role, aliases in roles.items():
+        found = next((c for c in aliases if c in header), None)
+        if found is None:
+            raise InputError(f"{path}: no {role} column (looked for {', '.join(aliases)}; the header has "
+                             f"{', '.join(header) or 'nothing'})", param=param)
+        columns[role] = found
+    if not rows:
+        raise InputError(f"{path}: no rows below the header", param=param)
+    if any(None in r or any(v is None for v in r.values()) for r in rows):
+        bad = next(i for i, r in enumerate(rows) if None in r or any(v is None for v in r.values()))
+        raise InputError(f"{path}: row {bad + 1} does not have as many fields as the header", param=param)
+    return Table(path, columns, rows)
+
+
+def read_pairs(path: str | Path, *, prompt_column: str | None = None) -> tuple[list[Path], list[str]]:
+    """Images (resolved next to the CSV or in its ``images/`` folder) and their true prompts."""
+    table = read_table(path, param="pairs", roles={"prompt": (prompt_column or "prompt",),
+                                                   "image": IMAGE_COLUMNS})
+    base = table.path.parent
+    return [_resolve_image(base, ref) for ref in table.values("image")], table.values("prompt")
+
+
+def _resolve_image(base: Path, ref: str) -> Path:
+    ref_path = Path(ref)
+    candidates = [ref_path, base / ref_path, base / "images" / ref_path]
+    candidates += [c.with_name(c.name + s) for c in candidates[1:] for s in IMAGE_SUFFIXES]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise InputError(f"image {ref!r} of the pairs file not found (looked in {base} and {base / 'images'})",
+                     param="pairs")
+
+
+@dataclass(frozen=True)
+class Captions:
+    by_image: dict[str, str]  # image id (file stem) -> caption
+    empty: list[str]  # image ids whose caption is empty (skipped)
+
+
+def read_captions(path: str | Path) -> Captions:
+    """Captions by image id (the file stem of the image column); empty captions are listed, not fatal."""
+    table = read_table(path, param="captions", roles={"image": IMAGE_COLUMNS, "caption": CAPTION_COLUMNS})
+    out: dict[str, str] = {}
+    empty: list[str] = []
+    for ref, caption in zip(table.values("image"), table.values("caption")):
+        img = Path(ref).stem
+        if img in out or img in empty:
+            raise InputError(f"{table.path}: image {img!r} has more than one caption", param="captions")
+        if caption.strip():
+            out[img] = caption
+        else:
+            empty.append(img)
+    return Captions(out, empty)
+
+
+def read_confidence(path: str | Path, image_ids: Sequence[str]) -> np.ndarray:
+    """The ``confidence`` column of a predict sidecar, for ``image_ids`` in that order."""
+    table = read_table(path, param="confidence", roles={"image": ("imgId",), "confidence": ("confidence",)})
+    found: dict[str, float] = {}
+    for img, value in zip(table.values("image"), table.values("confidence")):
+        try:
+            found[img] = float(value)
+        except ValueError:
+            raise InputError(f"{table.path}: confidence {value!r} of image {img!r} is not a number",
+                             param="confidence") from None
+        if not np.isfinite(found[img]):
+            raise InputError(f"{table.path}: confidence of image {img!r} is {value}", param="confidence")
+    missing = [img for img in image_ids if img not in found]
+    if missing:
+        raise InputError(f"{table.path} has no row for image {missing[0]!r}", param="confidence")
+    return np.array([found[img] for img in image_ids])
+
+
+def check_prediction_path(path: str | Path, *, param: str = "out") -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise InputError(f"{path}: use a .csv (competition submission) or .npy file name", param=param)
+    return path
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Image ids and their [n, d] vectors from a ``.csv`` submission or ``.npy`` + ``.ids.txt``."""
+    path = check_prediction_path(path, param="inputs")
+    if path.suffix.lower() == ".csv":
+        ids, vectors = read_submission(path)
+    else:
+        if not path.is_file() or not ids_path(path).is_file():
+            raise InputError(f"{path}: need the .npy file and {ids_path(path).name} beside it", param="inputs")
+        try:
+            vectors = np.load(path, allow_pickle=False)
+            ids = ids_path(path).read_text(encoding="utf-8").split()
+        except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not a readable .npy prediction file ({str(e)[:120]})",
+                             param="inputs") from None
+        if vectors.ndim != 2 or len(vectors) != len(ids) or not np.issubdtype(vectors.dtype, np.floating):
+            raise InputError(f"{path}: holds an array of shape {vectors.shape} and type {vectors.dtype} for "
+                             f"{len(ids)} image ids; expected float [{len(ids)}, d]", param="inputs")
+    if not ids:
+        raise InputError(f"{path}: holds no predictions", param="inputs")
+    if not np.isfinite(vectors).all():
+        raise InputError(f"{path}: holds non-finite values", param="inputs")
+    return ids, vectors
+
+
+def write_predictions(path: str | Path, image_ids: Sequence[str], vectors: np.ndarray) -> list[Path]:
+    """``.csv`` (submission format) or ``.npy`` + ``.ids.txt``; returns the files written."""
+    path = check_prediction_path(path)
+    if path.suffix.lower() == ".csv":
+        write_submission(path, image_ids, vectors)
+        return [path]
+    return [path, write_npy(path, image_ids, vectors)]

@@ -1,0 +1,80 @@
+"""One evaluation run: queries from images (``pairs``) or held-out prompts (the text routes), scored
+side by side with the baselines, and its report files. The CLI and a service call this; they only
+parse and print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from common.atomic import atomic_path, write_bytes_atomic
+from common.errors import InputError
+from common.text import dedup_keys, first_clause
+from encoders.images import ImageSet
+from retriever import Retriever
+from retriever.search import check_k
+from retriever.weighting import Weighting
+
+from .evaluate import (EvalReport, baselines, corpus_mean_vector, neighbour_methods, text_degraded_methods,
+                       text_oracle_methods)
+
+ROUTES = ("pairs", "text-oracle", "text-degraded")
+WEIGHTINGS = {"power_p6": Weighting(), "softmax_t0.01": Weighting(scheme="softmax")}
+
+
+def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequence[Path] | None = None,
+             k: int, title: str, weightings: dict[str, Weighting] | None = None,
+             progress: bool = False) -> EvalReport:
+    """Score ``route`` ("pairs": ``images`` with their true ``prompts``; "text-oracle", "text-degraded":
+    held-out ``prompts``) with the competition metric, beside the constant-prompt and corpus-mean
+    baselines."""
+    from .evaluate import CONSTANT_PROMPT
+
+    if route not in ROUTES:
+        raise InputError(f"route must be one of {', '.join(ROUTES)}, got {route!r}", param="route")
+    if not prompts:
+        raise InputError("nothing to evaluate: no prompts", param="prompts")
+    check_k(k, r.rows)
+    weightings = weightings or WEIGHTINGS
+    truth = r.embed_texts(list(prompts), space="minilm")
+    constant = r.embed_texts([CONSTANT_PROMPT], space="minilm")[0]
+    items = [str(p) for p in images] if route == "pairs" else list(prompts)
+    settings = {"index": str(r.store.path), "rows": r.rows, "k": k,
+                "weightings": {n: vars(w) for n, w in weightings.items()}}
+    report = EvalReport(title, items, settings=settings)
+
+    def row_keys(ids: np.ndarray) -> np.ndarray:
+        return np.where(ids >= 0, dedup_keys(r.prompts(ids.ravel())).reshape(ids.shape), b"")
+
+    minilm, minilm_index = r.store.minilm, r.store.indexes["minilm"]
+    if route == "pairs":
+        if images is None or len(images) != len(prompts):
+            raise InputError("the pairs route needs one image per prompt", param="images")
+        emb = r.embed_images(ImageSet(list(images), [], list(images)), progress=progress)
+        methods = neighbour_methods(r.search(emb.vectors, k=k), minilm, truth, weightings)
+    elif route == "text-oracle":
+        methods = text_oracle_methods(truth, dedup_keys(prompts), index=minilm_index, minilm=minilm,
+                                      row_keys=row_keys, k=k, weightings=weightings)
+    else:
+        clauses = r.embed_texts([first_clause(p) for p in prompts], space="minilm")
+        methods = text_degraded_methods(truth, clauses, dedup_keys(prompts), index=minilm_index, minilm=minilm,
+                                        row_keys=row_keys, k=k, weightings=weightings)
+    for m in baselines(truth, constant=constant, corpus_mean=corpus_mean_vector(minilm)) + methods:
+        report.add(m)
+    return report
+
+
+def write_report(report: EvalReport, path: str | Path) -> tuple[Path, Path]:
+    """The JSON report at ``path`` and its PNG plot beside it, both written atomically."""
+    from .plots import plot_report
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, json.dumps(report.to_dict(), indent=2).encode())
+    png = path.with_suffix(".png")
+    with atomic_path(png) as tmp:
+        plot_report(report, tmp)
+    return path, png

@@ -1,0 +1,111 @@
+"""The manifest of a store, typed: what every package reads instead of nested dict keys.
+
+On disk it is ``manifest.json`` (layout unchanged since format version 1: ``models.clip``,
+``models.minilm``, ``index`` and ``minilm_index`` for the two spaces, ``build``, ``versions``,
+``files``); ``Manifest.from_dict`` validates it and ``to_dict`` writes it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common.errors import StoreError
+from encoders.clip import ClipInfo
+from encoders.minilm import MiniLMInfo
+
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MANIFEST_INDEX_KEYS, SPACES
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """One space's FAISS index: type, parameters (as tuned at build), measured recall@10 vs exact."""
+
+    type: str
+    params: dict[str, Any]
+    factory: str | None = None
+    metric: str = "inner_product"
+    dim: int | None = None
+    ntotal: int | None = None
+    recall_at_10: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "IndexInfo":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Size and sha256 of a store file, plus one sha256 per ``block_bytes`` block (absent in stores
+    written before block checksums existed: those are checked whole)."""
+
+    bytes: int
+    sha256: str
+    block_bytes: int | None = None
+    blocks: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FileInfo":
+        return cls(bytes=int(d["bytes"]), sha256=str(d["sha256"]), block_bytes=d.get("block_bytes"),
+                   blocks=tuple(d.get("blocks") or ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bytes": self.bytes, "sha256": self.sha256}
+        if self.block_bytes:
+            out.update(block_bytes=self.block_bytes, blocks=list(self.blocks))
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    rows: int
+    clip: ClipInfo
+    minilm: MiniLMInfo
+    indexes: dict[str, IndexInfo]
+    files: dict[str, FileInfo] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)  # config, sources, stats, seconds
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str | None = None
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def index(self, space: str) -> IndexInfo:
+        return self.indexes[space]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format, "format_version": self.format_version, "rows": self.rows,
+            "created": self.created,
+            "models": {"clip": self.clip.to_dict(), "minilm": self.minilm.to_dict()},
+            **{MANIFEST_INDEX_KEYS[s]: info.to_dict() for s, info in self.indexes.items()},
+            "build": self.build, "versions": self.versions,
+            "files": {name: f.to_dict() for name, f in self.files.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, *, where: str = MANIFEST) -> "Manifest":
+        """Validate a parsed manifest.json; ``StoreError`` saying what is wrong and what to do."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise StoreError(f"{where} is not a nearest-prompt manifest; rebuild the store")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            newer = isinstance(version, int) and version > FORMAT_VERSION
+            fix = "upgrade nearest-prompt" if newer else "rebuild the store with this version"
+            raise StoreError(f"format version {version!r} is not supported (this nearest-prompt reads "
+                             f"{FORMAT_VERSION}); {fix}")
+        for key in ("rows", "models", "files", *MANIFEST_INDEX_KEYS.values()):
+            if key not in d:
+                raise StoreError(f"{where} lacks {key!r}; rebuild the store")
+        try:
+            return cls(
+                rows=int(d["rows"]), created=d.get("created"),
+                clip=ClipInfo.from_dict(d["models"]["clip"]), minilm=MiniLMInfo.from_dict(d["models"]["minilm"]),
+                indexes={s: IndexInfo.from_dict(d[MANIFEST_INDEX_KEYS[s]]) for s in SPACES},
+                files={name: FileInfo.from_dict(f) for name, f in d["files"].items()},
+                build=dict(d.get("build") or {}), versions=dict(d.get("versions") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{where} is malformed ({type(e).__name__}: {e}); rebuild the store") from e
