@@ -20,17 +20,18 @@ import difflib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from common.atomic import atomic_path, write_bytes_atomic
+from common.checksums import weights_fingerprint
 from common.device import resolve_device
 from common.errors import InputError, ModelError
-from common.checksums import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,13 @@ class ClipInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClipInfo":
+    def from_dict(cls, d: dict[str, Any]) -> ClipInfo:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
     def spec(self) -> ClipSpec:
         return ClipSpec(self.model, self.pretrained)
 
-    def mismatch(self, other: "ClipInfo") -> str | None:
+    def mismatch(self, other: ClipInfo) -> str | None:
         """Why ``other`` is not the same model as ``self``; None when it is."""
         if self.embed_dim != other.embed_dim:
             return f"embedding size {other.embed_dim} != {self.embed_dim}"
@@ -154,7 +155,7 @@ def _weights_in_dir(folder: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def portable_spec(info: "ClipInfo", *, store: Path) -> "ClipInfo":
+def portable_spec(info: ClipInfo, *, store: Path) -> ClipInfo:
     """``info`` as a store records it: a ``local-dir:`` folder inside or beside the store (under the
     store's parent) is written relative to the store, so that the store and its model folder can be
     moved or copied together; ``resolve_spec`` reads it back."""

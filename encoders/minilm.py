@@ -8,15 +8,16 @@ name or local path also works.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from common.checksums import weights_fingerprint
 from common.device import resolve_device
 from common.errors import ModelError
-from common.checksums import weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class MiniLMInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MiniLMInfo":
+    def from_dict(cls, d: dict[str, Any]) -> MiniLMInfo:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
 

@@ -10,7 +10,7 @@ normalised first so that the weights mean what they say.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,8 +7,9 @@ Everything here takes plain arrays; ``evaluation.run`` wires it to a retriever.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

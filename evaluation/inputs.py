@@ -9,9 +9,9 @@ not UTF-8, a quote that never closes (with its line), a missing column, no rows,
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

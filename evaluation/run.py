@@ -5,8 +5,8 @@ parse and print."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -18,8 +18,14 @@ from retriever import Retriever
 from retriever.search import check_k
 from retriever.weighting import Weighting
 
-from .evaluate import (EvalReport, baselines, corpus_mean_vector, neighbour_methods, text_degraded_methods,
-                       text_oracle_methods)
+from .evaluate import (
+    EvalReport,
+    baselines,
+    corpus_mean_vector,
+    neighbour_methods,
+    text_degraded_methods,
+    text_oracle_methods,
+)
 
 ROUTES = ("pairs", "text-oracle", "text-degraded")
 WEIGHTINGS = {"power_p6": Weighting(), "softmax_t0.01": Weighting(scheme="softmax")}

@@ -30,7 +30,7 @@ class IndexInfo:
     recall_at_10: float | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IndexInfo":
+    def from_dict(cls, d: dict[str, Any]) -> IndexInfo:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class FileInfo:
     blocks: tuple[str, ...] = ()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FileInfo":
+    def from_dict(cls, d: dict[str, Any]) -> FileInfo:
         return cls(bytes=int(d["bytes"]), sha256=str(d["sha256"]), block_bytes=d.get("block_bytes"),
                    blocks=tuple(d.get("blocks") or ()))
 
@@ -86,7 +86,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: Any, *, where: str = MANIFEST) -> "Manifest":
+    def from_dict(cls, d: Any, *, where: str = MANIFEST) -> Manifest:
         """Validate a parsed manifest.json; ``StoreError`` saying what is wrong and what to do."""
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise StoreError(f"{where} is not a nearest-prompt manifest; rebuild the store")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from encoders.clip import DEFAULT_CLIP
 from common.errors import InputError
+from encoders.clip import DEFAULT_CLIP
 from encoders.minilm import DEFAULT_MINILM
 
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95
@@ -27,7 +27,7 @@ class BuildConfig:
     memory_budget_gb: float = 4.0
     seed: int = 0
 
-    def validate(self) -> "BuildConfig":
+    def validate(self) -> BuildConfig:
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be at least 1, got {self.limit}", param="limit")
         if self.near_dup_threshold is not None and not 0.0 < self.near_dup_threshold <= 1.0:

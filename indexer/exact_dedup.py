@@ -26,16 +26,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 
 from common.progress import progress_bar
-
 from common.text import CleanStats, clean_prompt, dedup_key
+
 from .prompt_file import SCHEMA  # one string column; here with nulls where a value is not text
 from .readers import Source, iter_values
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from common.topk import exact_knn, recall_at_k
 
 from .ivf_file import MappedIVF, set_ivf_file_nprobe, write_ivf_file
 from .shards import ShardedMatrix, float_blocks
@@ -194,7 +197,7 @@ def _tune(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]
     recall = 0.0
     for value in values:
         _, got = search(queries, exact.shape[1], value)
-        recall = _recall(got, exact)
+        recall = recall_at_k(got, exact)
         params[knob] = value
         if recall >= TARGET_RECALL:
             break
@@ -203,8 +206,6 @@ def _tune(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]
 
 def _recall_queries(vectors: ShardedMatrix | np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Sampled stored vectors moved by random offsets of norm QUERY_NOISE, and their exact top-10 ids."""
-    import faiss
-
     n, d = vectors.shape
     k = min(10, n)
     q_idx = np.sort(rng.choice(n, size=min(RECALL_QUERIES, n), replace=False))
@@ -212,18 +213,5 @@ def _recall_queries(vectors: ShardedMatrix | np.ndarray, rng: np.random.Generato
     noise = rng.normal(size=queries.shape).astype(np.float32)
     queries += QUERY_NOISE * noise / np.linalg.norm(noise, axis=1, keepdims=True)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    exact_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    exact_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for start, block in float_blocks(vectors, RECALL_BLOCK):
-        s, i = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
-        cand_s = np.concatenate([exact_scores, s], axis=1)
-        cand_i = np.concatenate([exact_ids, i + start], axis=1)
-        best = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        exact_scores = np.take_along_axis(cand_s, best, 1)
-        exact_ids = np.take_along_axis(cand_i, best, 1)
+    _, exact_ids = exact_knn(queries, vectors, k, block_rows=RECALL_BLOCK)
     return queries, exact_ids
-
-
-def _recall(got: np.ndarray, exact_ids: np.ndarray) -> float:
-    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, exact_ids))
-    return hits / float(exact_ids.size)

@@ -7,8 +7,8 @@ every shard whose file exists with the right shape.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa

@@ -34,7 +34,7 @@ class WorkDir:
         self._fd: int | None = None
 
     # -- the lock ---------------------------------------------------------------------------------
-    def lock(self) -> "WorkDir":
+    def lock(self) -> WorkDir:
         lock_path = self.path / "lock"
         while True:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ class WorkDir:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "WorkDir":
+    def __enter__(self) -> WorkDir:
         return self.lock()
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,8 +14,9 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from common.errors import InputError, NearestPromptError
 from common.text import printable

@@ -8,9 +8,10 @@ parameter, so a third space is a new entry, not a copy of these methods.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class Retriever:
     @classmethod
     def open(cls, path: str | Path, *, clip: str | ClipSpec | ClipEncoder | None = None,
              pretrained: str | None = None, minilm: str | MiniLMEncoder | None = None,
-             device: str | None = None, verify: str = "auto") -> "Retriever":
+             device: str | None = None, verify: str = "auto") -> Retriever:
         return cls(index_store.open_store(path, verify=verify), clip=clip, pretrained=pretrained,
                    minilm=minilm, device=device)
 
@@ -193,7 +194,7 @@ class Retriever:
         return EmbeddedImages(used, np.concatenate(parts), skipped)
 
     # -- search and predict ---------------------------------------------------
-    def use_search_backend(self, backend: str = "auto") -> "Retriever":
+    def use_search_backend(self, backend: str = "auto") -> Retriever:
         """Search the CLIP index with ``faiss`` (CPU), ``faiss-gpu``, ``torch`` (exact, CUDA) or ``auto``."""
         from .torch_search import to_search_backend
 

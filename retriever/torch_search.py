@@ -28,7 +28,7 @@ class TorchFlatIndex:
                     .to(device=device, dtype=self.dtype) for s in range(0, self.ntotal, chunk)]
 
     @classmethod
-    def from_faiss(cls, index: Any, **kw: Any) -> "TorchFlatIndex":
+    def from_faiss(cls, index: Any, **kw: Any) -> TorchFlatIndex:
         """From a FAISS flat index: its stored vectors, copied one chunk at a time."""
         import faiss
 

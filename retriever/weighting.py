@@ -39,7 +39,7 @@ class Weighting:
     eps: float = 1e-6
     temperature: float = 0.01
 
-    def validate(self) -> "Weighting":
+    def validate(self) -> Weighting:
         if self.scheme not in SCHEMES:
             raise InputError(f"weighting must be one of {', '.join(SCHEMES)}, got {self.scheme!r}", param="weighting")
         for name in ("power", "eps", "temperature"):

@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import FakeClipText, FakeMiniLM, PeakRSS, memory_status  # noqa: E402
+
 from devkit.paths import shared_data_dir  # noqa: E402
 
 GiB = 2 ** 30
@@ -73,7 +74,6 @@ print(len(uniq), time.perf_counter() - t, int(hwm) * 1024)
 
 
 def open_rss(out: Path) -> dict:
-    import index_store
 
     code = f"""
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -87,7 +87,8 @@ q = s.minilm[np.random.default_rng(0).choice(s.rows, 100, replace=False)].astype
 s.indexes['minilm'].search(q, 10)
 s.indexes['clip'].search(np.random.default_rng(1).standard_normal((100, s.indexes['clip'].d), dtype=np.float32), 10)
 m = memory_status()
-print(before, opened, m["VmRSS"], m["RssAnon"], int(is_memory_mapped(s.indexes['clip'])), int(is_memory_mapped(s.indexes['minilm'])))
+mapped = [int(is_memory_mapped(s.indexes[space])) for space in ("clip", "minilm")]
+print(before, opened, m["VmRSS"], m["RssAnon"], *mapped)
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after, searched, searched_anon, m1, m2 = map(int, p.stdout.split())

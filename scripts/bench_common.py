@@ -46,7 +46,7 @@ class PeakRSS:
         self.peak, self.peak_anon = m.get("VmRSS", 0), m.get("RssAnon", 0)
         self.stage, self.by_stage = "start", {}
 
-    def follow_build_stages(self) -> "PeakRSS":
+    def follow_build_stages(self) -> PeakRSS:
         import logging
 
         owner = self
@@ -70,7 +70,7 @@ class PeakRSS:
         old = self.by_stage.get(self.stage, (0, 0))
         self.by_stage[self.stage] = (max(old[0], rss), max(old[1], anon))
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from indexer.shards import embed_in_shards  # noqa: E402
 from devkit.paths import shared_data_dir  # noqa: E402
+from indexer.shards import embed_in_shards  # noqa: E402
 
 
 def sample_prompts(n: int) -> list[str]:

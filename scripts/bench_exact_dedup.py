@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import memory_status  # noqa: E402
+
 from devkit.paths import shared_data_dir  # noqa: E402
 
 GiB = 2 ** 30

@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import FakeClipText, FakeMiniLM  # noqa: E402
+
 from devkit.paths import shared_data_dir  # noqa: E402
 
 RUNS = Path("runs/bench_predict")
@@ -146,8 +147,8 @@ def main() -> None:
     import open_clip
     import torch
 
-    from encoders.clip import save_local_dir
     from devkit.tiny_clip import make_tiny_clip
+    from encoders.clip import save_local_dir
     from retriever import Retriever
 
     RUNS.mkdir(parents=True, exist_ok=True)

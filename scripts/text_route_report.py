@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow.parquet as pq
 
-from indexer.dedup import keep_from_pairs, near_duplicate_pairs
-from indexer.shards import embed_in_shards, ShardedMatrix
 from encoders.minilm import load_minilm
+from evaluation.evaluate import (
+    CONSTANT_PROMPT,
+    confidence_report,
+    corpus_mean_vector,
+    cosine,
+    dedup_keys,
+    exclude_self,
+    first_clause,
+)
+from indexer.dedup import keep_from_pairs, near_duplicate_pairs
+from indexer.shards import ShardedMatrix, embed_in_shards
 from retriever import Neighbors, Weighting, blend
-from evaluation.evaluate import (CONSTANT_PROMPT, confidence_report, corpus_mean_vector, cosine, dedup_keys,
-                                exclude_self, first_clause)
 from retriever.search import search
-from text_route_study import OUT, load_split
 
 THRESHOLDS = (None, 0.98, 0.95, 0.90)
 DEFAULT_THRESHOLD = 0.95
@@ -31,6 +40,16 @@ POWERS = (2, 4, 6, 8, 12)
 TEMPS = (0.01, 0.02, 0.05, 0.1)
 MIXES = (0.3, 0.5, 0.7)
 KMAX = max(KS)
+OUT = Path(os.environ.get("NP_RUNS", "runs")) / "text_study"  # written by text_route_study.py prepare
+
+
+def load_split():
+    held = pq.read_table(OUT / "heldout.parquet")
+    pool = pq.read_table(OUT / "pool.parquet")
+    held_vec = np.asarray(ShardedMatrix(sorted((OUT / "heldout_minilm").glob("*.npy")))[:], dtype=np.float32)
+    pool_vec = ShardedMatrix(sorted((OUT / "pool_minilm").glob("*.npy")))
+    return held, pool, held_vec, pool_vec
+
 
 
 def grid() -> dict[str, tuple[int, Weighting]]:
@@ -80,7 +99,7 @@ def report(sizes: list[int]) -> None:
             keys = pool_keys[rows]
             index = faiss.IndexFlatIP(384)
             index.add(vecs)
-            row_keys = lambda ids: np.where(ids >= 0, keys[np.maximum(ids, 0)], b"")  # noqa: E731
+            row_keys = lambda ids, keys=keys: np.where(ids >= 0, keys[np.maximum(ids, 0)], b"")  # noqa: E731
             mean_vec = corpus_mean_vector(vecs)
             run = {"size": n, "threshold": thr, "rows": int(len(rows)), "routes": {}}
             for route, queries in (("oracle", held_vec), ("degraded", clause_vec)):

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +26,11 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from indexer.shards import ShardedMatrix, embed_in_shards  # noqa: E402
-from encoders.minilm import load_minilm  # noqa: E402
-from devkit.paths import shared_data_dir  # noqa: E402
+from text_route_report import OUT, report  # noqa: E402  (the report reads what prepare writes)
 
-OUT = Path(os.environ.get("NP_RUNS", "runs")) / "text_study"
+from devkit.paths import shared_data_dir  # noqa: E402
+from encoders.minilm import load_minilm  # noqa: E402
+from indexer.shards import embed_in_shards  # noqa: E402
 
 
 def prepare(pool_size: int, heldout_per_group: int) -> None:
@@ -65,14 +62,6 @@ def prepare(pool_size: int, heldout_per_group: int) -> None:
     print(f"prepared {OUT}: {len(held_prompts)} held-out, {len(pool_prompts)} pool prompts")
 
 
-def load_split():
-    held = pq.read_table(OUT / "heldout.parquet")
-    pool = pq.read_table(OUT / "pool.parquet")
-    held_vec = np.asarray(ShardedMatrix(sorted((OUT / "heldout_minilm").glob("*.npy")))[:], dtype=np.float32)
-    pool_vec = ShardedMatrix(sorted((OUT / "pool_minilm").glob("*.npy")))
-    return held, pool, held_vec, pool_vec
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -85,7 +74,4 @@ if __name__ == "__main__":
     if a.cmd == "prepare":
         prepare(a.pool, a.heldout)
     else:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from text_route_report import report  # noqa: E402
-
         report([int(s) for s in a.sizes.split(",")])

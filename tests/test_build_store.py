@@ -216,8 +216,9 @@ def test_manifest_is_self_describing(store_dir):
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfsq8", "ivfpq", "hnsw"])
 def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, build_config, clip_encoder,
                                                                      minilm, kind):
-    import faiss
     from dataclasses import replace
+
+    import faiss
 
     from index_store.reader import is_memory_mapped
 
@@ -239,8 +240,8 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
 
 
 def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
-    from index_store.writer import StoreWriter
     from common.errors import StoreError
+    from index_store.writer import StoreWriter
 
     x = rng.normal(size=(10, 384)).astype(np.float16)
     with StoreWriter(tmp_path / "s") as w:

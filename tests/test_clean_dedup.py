@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from indexer import dedup, exact_dedup, readers
 from common.text import clean_prompt
+from indexer import dedup, exact_dedup, readers
 from indexer.exact_dedup import ExactDedup
 from indexer.readers import check_sources
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.submission import read_submission
 from index_store.format import CLIP_INDEX, MANIFEST, MINILM
 from nearest_prompt.cli import main
-from evaluation.submission import read_submission
 
 from .conftest import KAGGLE, corpus_slice, need_data
 

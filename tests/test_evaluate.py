@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 
 from common.errors import InputError
-from retriever import Neighbors, Weighting, blend
 from evaluation.ensemble import blend_predictions
-from evaluation.evaluate import (CONSTANT_PROMPT, baselines, confidence_report, corpus_mean_vector, cosine,
-                                dedup_keys, first_clause, text_oracle_methods)
+from evaluation.evaluate import (
+    CONSTANT_PROMPT,
+    baselines,
+    confidence_report,
+    corpus_mean_vector,
+    cosine,
+    dedup_keys,
+    first_clause,
+    text_oracle_methods,
+)
 from evaluation.submission import read_submission
+from retriever import Neighbors, Weighting, blend
 from retriever.weighting import drop_neighbors, fuse
 
 from .conftest import KAGGLE, need_data, unit
@@ -151,8 +159,8 @@ def test_eval_cli_bad_input(cli_store_path, capsys, tmp_path):
 
 
 def test_blend_cli(cli_store_path, capsys, tmp_path):
-    from nearest_prompt.cli import main
     from evaluation.submission import write_submission
+    from nearest_prompt.cli import main
 
     ids = ["a", "b", "c"]
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from indexer.readers import check_sources, iter_values
 from common.errors import InputError
+from indexer.readers import check_sources, iter_values
 
 
 def _values(path, column=None):

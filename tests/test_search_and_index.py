@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import InputError
+from common.topk import recall_at_k
 from index_store.reader import _read_index
 from indexer.faiss_index import build_index, plan_index
 from indexer.shards import ShardedMatrix
-from common.errors import InputError
 from retriever import search
 
 from .conftest import unit
@@ -71,7 +72,7 @@ def test_approximate_index_recall_against_exact(kind, tmp_path, rng, caplog):
     tuned = faiss.downcast_index(index).hnsw.efSearch if kind == "hnsw" else faiss.extract_index_ivf(index).nprobe
     assert tuned == info["params"][knob]  # the file searches with the knob the build tuned
     exact, _ = _oracle(base, queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)])
+    recall = recall_at_k(got, exact)
     floor = 0.5 if kind == "ivfpq" else 0.9
     assert recall >= floor, (kind, recall, info)
     assert abs(info["recall_at_10"] - recall) < 0.15, (info, recall)  # the recorded estimate is honest
