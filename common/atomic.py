@@ -71,9 +71,13 @@ def check_writable(path: str | os.PathLike, *, param: str = "out") -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise InputError(f"cannot write {path}: {folder} is not a directory", param=param)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: no write permission in {folder}; choose another location",
-                         param=param)
+    probe = temp_sibling(folder / path.name)
+    try:  # access() would not see a read-only mount for root; creating a file does
+        probe.touch(exist_ok=False)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e} in {folder}; choose another location",
+                         param=param) from None
+    probe.unlink(missing_ok=True)
     return path
 
 

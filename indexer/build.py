@@ -88,9 +88,6 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
                           totals=totals)
         except BaseException as e:
             kept = work.after_failure(shard_totals=totals)
-            if isinstance(e, KeyboardInterrupt):
-                log.warning("build interrupted; %s", kept)
-                raise
             full = _disk_full(e)
             if full is not None:
                 raise InputError(f"the disk filled up writing {full}; free some space (a rerun first checks that "
@@ -98,6 +95,7 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
                                  param="out") from e
             if isinstance(e, NearestPromptError):
                 raise type(e)(f"{e}; {kept}", param=e.param) from e
+            log.warning("build %s; %s", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", kept)
             raise
 
 

@@ -73,4 +73,6 @@ def check_free_space(out: Path, need: DiskEstimate, *, already: int = 0) -> None
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+    if n >= 2**30 / 10:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 / 10 else f"{n / 2**10:.1f} KiB"

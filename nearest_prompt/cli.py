@@ -15,101 +15,37 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any
 
 from common.errors import InputError, NearestPromptError
 from common.text import printable
 from common.version import __version__, library_versions
 
+from .args import (
+    Formatter,
+    Parser,
+    add_common,
+    add_image_args,
+    add_model_args,
+    add_weighting_args,
+    default,
+    flag,
+    open_retriever,
+    positive_int,
+)
+
 log = logging.getLogger("nearest_prompt.cli")
 
 _OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "evaluation")
-
-# library parameter -> command-line flag, where the two are not simply "--" + the name with dashes
-FLAGS = {"memory_budget_gb": "--memory-budget", "clip_model": "--clip", "clip_pretrained": "--pretrained",
-         "minilm_model": "--minilm", "images": None, "inputs": None, "queries": None, "route": None}
-
-
-def flag(param: str) -> str | None:
-    return FLAGS.get(param, "--" + param.replace("_", "-"))
-
-
-def default(cls: type, name: str) -> Any:
-    """A field's default in a config dataclass: defaults live there, once."""
-    return next(f.default for f in fields(cls) if f.name == name)
-
-
-class Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default (``%(default)s``) after its help."""
-
-
-def _add_model_args(p: argparse.ArgumentParser, *, building: bool) -> None:
-    from encoders.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
-
-    g = p.add_argument_group("models")
-    if building:
-        g.add_argument("--clip", default=DEFAULT_CLIP, metavar="MODEL",
-                       help=f"open_clip architecture (with --pretrained; {DEFAULT_CLIP} takes {DEFAULT_PRETRAINED} "
-                            "by default), local-dir:PATH or hf-hub:ORG/NAME")
-        g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
-                       help="open_clip pretrained tag or a local checkpoint file, with an architecture in --clip")
-    else:
-        g.add_argument("--clip", default=None, metavar="MODEL",
-                       help="load the index's CLIP model from here instead of the place in its manifest "
-                            "(must be the same weights)")
-        g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
-                       help="checkpoint file of the same weights, with an architecture in --clip")
-        g.add_argument("--search-backend", choices=("auto", "faiss", "faiss-gpu", "torch"), default="auto",
-                       help="faiss (CPU, all threads), faiss-gpu, torch (exact matmul+top-k on CUDA, flat "
-                            "indexes); auto picks the fastest available")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu)")
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug messages, build stages")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_image_args(p: argparse.ArgumentParser) -> None:
-    from encoders.images import DEFAULT_MAX_PIXELS
-
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
-    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse larger images as decompression bombs (Pillow's own cap follows it)")
-    p.add_argument("--recursive", action="store_true", help="also read images in the subfolders of folders")
-
-
-def add_weighting_args(p: argparse.ArgumentParser) -> None:
-    from retriever.weighting import SCHEMES, Weighting
-
-    p.add_argument("--weighting", choices=SCHEMES, default=default(Weighting, "scheme"),
-                   help="neighbour weights: power 1/((1-cos)^p+eps), or softmax exp(cos/T)")
-    p.add_argument("--power", type=float, default=default(Weighting, "power"), help="p of the power weighting")
-    p.add_argument("--eps", type=float, default=default(Weighting, "eps"), help="eps of the power weighting")
-    p.add_argument("--temperature", type=float, default=default(Weighting, "temperature"),
-                   help="T of the softmax weighting")
-
 
 def build_parser() -> argparse.ArgumentParser:
     from indexer.config import INDEX_TYPES, BuildConfig
     from retriever.api import DEFAULT_K_PREDICT, DEFAULT_K_QUERY
 
-    parser = argparse.ArgumentParser(prog="nearest-prompt", description="Which text prompt made this image?",
-                                     formatter_class=Formatter)
+    parser = Parser(prog="nearest-prompt", description="Which text prompt made this image?", formatter_class=Formatter)
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items() if k != "nearest-prompt")
     parser.add_argument("--version", action="version", version=f"nearest-prompt {__version__} ({versions})")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, formatter_class=Formatter)
@@ -140,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the build writes IVF indexes to disk and does not hold them")
     b.add_argument("--clean", action="store_true",
                    help="discard the resumable work of an interrupted build into --out and start afresh")
-    _add_model_args(b, building=True)
+    add_model_args(b, building=True)
     add_common(b)
 
     q = cmd("query", "nearest prompts for images or texts")
@@ -153,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=positive_int, default=DEFAULT_K_QUERY, help="neighbours per query")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_image_args(q)
-    _add_model_args(q, building=False)
+    add_model_args(q, building=False)
     add_common(q)
 
     pr = cmd("predict", "one 384-d MiniLM vector per image (competition submission or .npy)")
@@ -170,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
                     help="search captions with the CLIP text encoder or in MiniLM space")
     add_image_args(pr)
-    _add_model_args(pr, building=False)
+    add_model_args(pr, building=False)
     add_common(pr)
 
     from .cli_eval import add_parsers
@@ -181,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--index", required=True, metavar="DIR", help="index store directory")
     i.add_argument("--json", action="store_true", help="print the manifest and sizes as JSON")
     i.add_argument("--verify", action="store_true", help="checksum every file in full (every 64 MiB block)")
+    add_common(i)
     return parser
 
 
@@ -229,13 +166,6 @@ def cmd_build(args: argparse.Namespace) -> int:
           f"({st['values_read']} read, {st['exact_duplicates']} exact and {st['near_duplicates']} near duplicates, "
           f"{st['empty'] + st['not_text']} empty or not text)")
     return 0
-
-
-def open_retriever(args: argparse.Namespace) -> Any:
-    from retriever import Retriever
-
-    r = Retriever.open(args.index, clip=args.clip, pretrained=args.pretrained, device=args.device)
-    return r.use_search_backend(args.search_backend)
 
 
 def report_skipped(skipped: Sequence[Any]) -> None:
@@ -389,9 +319,10 @@ def error_line(e: NearestPromptError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "quiet"):
-        args.quiet = args.verbose = False
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) and usage errors (2, already printed in one line)
+        return int(e.code or 0)
     _setup_logging(args)
     try:
         return commands()[args.command](args)

@@ -9,11 +9,13 @@ from typing import Any
 
 from common.errors import InputError
 
+from .args import open_retriever
+
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     from retriever.api import DEFAULT_K_PREDICT
 
-    from .cli import _add_model_args, add_common, positive_int
+    from .args import add_common, add_model_args, positive_int
 
     e = cmd("eval", "score predictions as the competition does, beside baselines")
     e.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -30,7 +32,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    help="JSON report (a PNG plot is written beside it)")
     e.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="evaluate the first N prompts only (default: all)")
-    _add_model_args(e, building=False)
+    add_model_args(e, building=False)
     add_common(e)
 
     b = cmd("blend", "blend submission files (.csv or .npy + .ids.txt) into one")
@@ -49,8 +51,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from evaluation.run import evaluate, write_report
     from indexer.exact_dedup import read_unique_prompts
     from indexer.readers import check_sources
-
-    from .cli import open_retriever
 
     report_path = check_writable(args.report, param="report")
     if report_path.suffix.lower() != ".json":

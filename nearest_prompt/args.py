@@ -1,0 +1,105 @@
+"""Argument helpers shared by the commands: options, their defaults (read from the library's config
+dataclasses, where they live once), and the map from a library parameter to its flag."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+# library parameter -> command-line flag, where the two are not simply "--" + the name with dashes
+FLAGS = {"memory_budget_gb": "--memory-budget", "clip_model": "--clip", "clip_pretrained": "--pretrained",
+         "minilm_model": "--minilm", "images": None, "inputs": None, "queries": None, "route": None}
+
+
+def flag(param: str) -> str | None:
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def default(cls: type, name: str) -> Any:
+    """A field's default in a config dataclass: defaults live there, once."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error: ``nearest-prompt: error: ...``, status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        import sys
+
+        print(f"nearest-prompt: error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class Formatter(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_model_args(p: argparse.ArgumentParser, *, building: bool) -> None:
+    from encoders.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+
+    g = p.add_argument_group("models")
+    if building:
+        g.add_argument("--clip", default=DEFAULT_CLIP, metavar="MODEL",
+                       help=f"open_clip architecture (with --pretrained; {DEFAULT_CLIP} takes {DEFAULT_PRETRAINED} "
+                            "by default), local-dir:PATH or hf-hub:ORG/NAME")
+        g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                       help="open_clip pretrained tag or a local checkpoint file, with an architecture in --clip")
+    else:
+        g.add_argument("--clip", default=None, metavar="MODEL",
+                       help="load the index's CLIP model from here instead of the place in its manifest "
+                            "(must be the same weights)")
+        g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
+                       help="checkpoint file of the same weights, with an architecture in --clip")
+        g.add_argument("--search-backend", choices=("auto", "faiss", "faiss-gpu", "torch"), default="auto",
+                       help="faiss (CPU, all threads), faiss-gpu, torch (exact matmul+top-k on CUDA, flat "
+                            "indexes); auto picks the fastest available")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu)")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages, build stages")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    from encoders.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images as decompression bombs (replaces Pillow's own cap)")
+    p.add_argument("--recursive", action="store_true", help="also read images in the subfolders of folders")
+
+
+def add_weighting_args(p: argparse.ArgumentParser) -> None:
+    from retriever.weighting import SCHEMES, Weighting
+
+    p.add_argument("--weighting", choices=SCHEMES, default=default(Weighting, "scheme"),
+                   help="neighbour weights: power 1/((1-cos)^p+eps), or softmax exp(cos/T)")
+    p.add_argument("--power", type=float, default=default(Weighting, "power"), help="p of the power weighting")
+    p.add_argument("--eps", type=float, default=default(Weighting, "eps"), help="eps of the power weighting")
+    p.add_argument("--temperature", type=float, default=default(Weighting, "temperature"),
+                   help="T of the softmax weighting")
+
+
+def open_retriever(args: argparse.Namespace) -> Any:
+    from retriever import Retriever
+
+    r = Retriever.open(args.index, clip=args.clip, pretrained=args.pretrained, device=args.device)
+    return r.use_search_backend(args.search_backend)
