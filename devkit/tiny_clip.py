@@ -30,4 +30,5 @@ def make_tiny_clip(folder: str | Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = copy.deepcopy(TINY_MODEL_CFG)
     model = open_clip.CLIP(**cfg)
-    return save_local_dir(model, folder, model_cfg=TINY_MODEL_CFG, preprocess_cfg=TINY_PREPROCESS_CFG)
+    return save_local_dir(model, folder, model_cfg=TINY_MODEL_CFG, preprocess_cfg=TINY_PREPROCESS_CFG,
+                          random_weights=True)

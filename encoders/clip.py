@@ -69,13 +69,15 @@ class ClipInfo:
     model_cfg: dict[str, Any]
     preprocess: dict[str, Any]
     weights: str | None  # fingerprint of the weights file, None if unknown
+    random_weights: bool = False  # a test model (its local-dir: config says so): results are meaningless
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClipInfo:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k != "random_weights"},
+                   random_weights=bool(d.get("random_weights", False)))
 
     def spec(self) -> ClipSpec:
         return ClipSpec(self.model, self.pretrained)
@@ -323,8 +325,9 @@ def load_clip(spec: ClipSpec, *, device: str | None = None) -> ClipEncoder:
         model_cfg=_model_cfg(spec),
         preprocess=dict(getattr(model.visual, "preprocess_cfg", {}) or {}),
         weights=weights_fingerprint(weights),
+        random_weights=_marked_random(spec),
     )
-    log.info("loaded CLIP %s (dim %d) on %s", spec.label, info.embed_dim, device)
+    log.debug("loaded CLIP %s (dim %d) on %s", spec.label, info.embed_dim, device)
     return ClipEncoder(model, tokenizer, preprocess, info, device)
 
 
@@ -346,14 +349,27 @@ def _model_cfg(spec: ClipSpec) -> dict[str, Any]:
     return open_clip.get_model_config(spec.model) or {}
 
 
+def _marked_random(spec: ClipSpec) -> bool:
+    """True when a ``local-dir:`` folder's config marks its weights as random (``save_local_dir``)."""
+    if not spec.model.startswith(LOCAL_DIR):
+        return False
+    try:
+        config = json.loads((Path(spec.model[len(LOCAL_DIR):]) / "open_clip_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("random_weights"))
+
+
 def save_local_dir(model: Any, folder: str | os.PathLike, *, model_cfg: dict[str, Any],
-                   preprocess_cfg: dict[str, Any] | None = None) -> Path:
+                   preprocess_cfg: dict[str, Any] | None = None, random_weights: bool = False) -> Path:
     """Save an open_clip model as a ``local-dir:`` folder (config + safetensors)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    if random_weights:  # recorded in every store built with it, and shown with every result
+        config["random_weights"] = True
     write_bytes_atomic(folder / "open_clip_config.json", json.dumps(config, indent=2).encode())
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     with atomic_path(folder / "open_clip_model.safetensors") as tmp:

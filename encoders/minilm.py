@@ -98,5 +98,5 @@ def load_minilm(spec: str | None = None, *, device: str | None = None) -> MiniLM
             break
     dim = int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)())
     info = MiniLMInfo(model=spec, dim=dim, max_seq_length=int(model.max_seq_length), weights=weights)
-    log.info("loaded MiniLM %s (dim %d) on %s", spec, dim, device)
+    log.debug("loaded MiniLM %s (dim %d) on %s", spec, dim, device)
     return MiniLMEncoder(model, info)

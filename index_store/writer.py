@@ -140,5 +140,5 @@ class StoreWriter:
         check_target(self.out)  # something may have appeared there during a long build
         replace_dir(self.staging, self.out)
         self._committed = True
-        log.info("wrote index store %s", self.out)
+        log.debug("wrote index store %s", self.out)
         return self.out

@@ -32,6 +32,8 @@ from .args import (
     flag,
     open_retriever,
     positive_int,
+    print_random_weights_note,
+    random_weights_note,
 )
 
 log = logging.getLogger("nearest_prompt.cli")
@@ -189,7 +191,8 @@ def cmd_query(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, max_pixels=args.max_pixels,
                                progress=not args.quiet and images is not None and len(images.paths) > 1)
     if args.json:
-        doc = {"index": str(r.store.path), "k": args.k, "space": args.space, "results": [
+        doc = {"index": str(r.store.path), "k": args.k, "space": args.space, "note": random_weights_note(r.store),
+               "results": [
             {res.kind: res.label, "neighbors": [
                 {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
                 for j, (i, s, t) in enumerate(zip(res.ids, res.scores, res.prompts))]} for res in results],
@@ -201,6 +204,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             for j, (s, t) in enumerate(zip(res.scores, res.prompts)):
                 print(f"  {j + 1:>3}  {s:.4f}  {printable(t)}")
     report_skipped(skipped)
+    print_random_weights_note(r.store)
     return 0
 
 
@@ -249,6 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     written.append(write_confidence(confidence_path(out), ids, pred.confidence, top))
     print(f"wrote {len(ids)} prediction(s) to {', '.join(str(p) for p in written)}")
     report_skipped(emb.skipped)
+    print_random_weights_note(r.store)
     return 0
 
 
@@ -270,7 +275,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows = max(store.rows, 1)
     mapped = {s: is_memory_mapped(store.indexes[s]) for s in SPACES}
     if args.json:
-        print(json.dumps({**m.to_dict(), "path": str(store.path), "bytes_total": total,
+        print(json.dumps({**m.to_dict(), "path": str(store.path), "bytes_total": total, "note": random_weights_note(store),
                           "bytes_per_prompt": total / rows, "memory_mapped": mapped,
                           "running_versions": library_versions()}, indent=2))
         return 0
@@ -300,6 +305,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                              "larger ones (--verify checks all)"),
     ]
     print("\n".join(printable(line) for line in lines))
+    print_random_weights_note(store)
     return 0
 
 

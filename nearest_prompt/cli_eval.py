@@ -9,7 +9,7 @@ from typing import Any
 
 from common.errors import InputError
 
-from .args import open_retriever
+from .args import open_retriever, print_random_weights_note
 
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -76,6 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report.table())
     json_path, png = write_report(report, report_path)
     print(f"wrote {json_path} and {png}")
+    print_random_weights_note(r.store)
     return 0
 
 

@@ -9,7 +9,6 @@ and time. They say nothing about quality or model speed.
 from __future__ import annotations
 
 import threading
-import time
 import zlib
 from typing import Any
 
@@ -111,8 +110,3 @@ class FakeClipText:
 
     def encode_text(self, texts, *, batch_size: int = 64) -> np.ndarray:
         return _vectors(list(texts), self.dim)
-
-
-def timer() -> Any:
-    start = time.perf_counter()
-    return lambda: time.perf_counter() - start

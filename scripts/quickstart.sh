@@ -4,11 +4,15 @@
 #
 #   bash scripts/quickstart.sh
 #
-# CLIP weights: by default a TINY RANDOM-WEIGHTS open_clip model made on the
-# spot (runs offline, results are meaningless). For real results:
-#   NP_CLIP=ViT-H-14 bash scripts/quickstart.sh              # downloads laion2b_s32b_b79k (~3.9 GB)
+# CLIP weights: first a real, small open_clip model (ViT-B-32 / laion2b_s34b_b79k,
+# about 600 MB, downloaded once into open_clip's cache). Where it cannot be
+# downloaded, a TINY RANDOM-WEIGHTS model made on the spot (runs offline; every
+# result then carries a note that it is meaningless). Choose yourself with:
+#   NP_CLIP=tiny bash scripts/quickstart.sh                        # skip the download attempt
+#   NP_CLIP=ViT-H-14 bash scripts/quickstart.sh                    # the build default (laion2b_s32b_b79k, ~3.9 GB)
 #   NP_CLIP=local-dir:/path/to/folder bash scripts/quickstart.sh   # offline, your weights
-# Other knobs: NP_LIMIT (prompts, default 3000), NEAREST_PROMPT_DATA (default ../shared/data), NP_RUNS (default runs/).
+# Other knobs: NP_PRETRAINED (tag or checkpoint for NP_CLIP), NP_LIMIT (prompts, default 3000),
+# NEAREST_PROMPT_DATA (default ../shared/data), NP_RUNS (default runs/), NP_DOWNLOAD_TIMEOUT (s, default 900).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,18 +23,34 @@ RUNS=${NP_RUNS:-runs}
 LIMIT=${NP_LIMIT:-3000}
 mkdir -p "$RUNS"
 
-if [ -z "${NP_CLIP:-}" ]; then
+tiny() {
     export HF_HUB_OFFLINE=1
     "$PY" scripts/make_tiny_clip.py "$RUNS/tiny_clip" >/dev/null
-    NP_CLIP="local-dir:$RUNS/tiny_clip"
-    echo "== CLIP: tiny RANDOM-WEIGHTS model ($NP_CLIP): the pipeline runs offline, but neighbours are meaningless."
-    echo "   For real results: NP_CLIP=ViT-H-14 (downloads laion2b_s32b_b79k) or NP_CLIP=local-dir:/path/to/folder"
-else
-    echo "== CLIP: $NP_CLIP"
-fi
+    CLIP=(--clip "local-dir:$RUNS/tiny_clip")
+    echo "== CLIP: tiny RANDOM-WEIGHTS model (local-dir:$RUNS/tiny_clip): the pipeline runs offline, but neighbours"
+    echo "   are meaningless. For real results: NP_CLIP=ViT-H-14 (downloads laion2b_s32b_b79k) or NP_CLIP=local-dir:PATH"
+}
+
+case "${NP_CLIP:-}" in
+    "")
+        echo "== CLIP: trying ViT-B-32 / laion2b_s34b_b79k (real weights, about 600 MB, downloaded once by open_clip)"
+        if timeout "${NP_DOWNLOAD_TIMEOUT:-900}" "$PY" -c 'from encoders.clip import load_clip, parse_clip_spec
+load_clip(parse_clip_spec("ViT-B-32", "laion2b_s34b_b79k"), device="cpu")' >/dev/null 2>&1; then
+            CLIP=(--clip ViT-B-32 --pretrained laion2b_s34b_b79k)
+            echo "== CLIP: ViT-B-32 / laion2b_s34b_b79k"
+        else
+            echo "== CLIP: ViT-B-32 could not be downloaded here"
+            tiny
+        fi ;;
+    tiny) tiny ;;
+    *)
+        CLIP=(--clip "$NP_CLIP")
+        if [ -n "${NP_PRETRAINED:-}" ]; then CLIP+=(--pretrained "$NP_PRETRAINED"); fi
+        echo "== CLIP: $NP_CLIP ${NP_PRETRAINED:-}" ;;
+esac
 
 echo "== build: first $LIMIT prompts of $DATA/prompts/sd_prompts.parquet"
-"$NP" build --prompts "$DATA/prompts/sd_prompts.parquet" --limit "$LIMIT" --clip "$NP_CLIP" --out "$RUNS/index"
+"$NP" build --prompts "$DATA/prompts/sd_prompts.parquet" --limit "$LIMIT" "${CLIP[@]}" --out "$RUNS/index"
 "$NP" info --index "$RUNS/index"
 
 echo "== query: the 7 competition images, top 3 each"

@@ -94,6 +94,25 @@ def retriever(store_dir, clip_encoder):
     return Retriever.open(store_dir, clip=clip_encoder)
 
 
+def run(capsys, *argv):
+    """``nearest-prompt ARGV`` in this process: (exit status, stdout, stderr)."""
+    from nearest_prompt.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, match):
+    """The error contract: status 2, stderr exactly one line ``nearest-prompt: error: ...`` holding
+    ``match``, no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nearest-prompt: error: "), err
+    assert match in lines[0], lines[0]
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -21,8 +21,23 @@ def test_store_round_trip_and_row_contract(store_dir, minilm, clip_encoder):
     m = store.manifest
     stats = m.build["stats"]
     assert stats["values_read"] == STORE_PROMPTS + 2
-    assert stats["exact_duplicates"] >= 1  # the upper-cased copy
-    assert stats["near_duplicates"] >= 1  # the ", 4k" variant
+    # exact counts against oracles: a set of casefolded cleaned prompts, and the near-dedup rule over all pairs
+    from common.text import clean_prompt
+
+    values = corpus_slice(STORE_PROMPTS)
+    values += [values[0].upper() + "  ", values[1] + ", 4k"]
+    cleaned = [clean_prompt(v) for v in values]
+    seen, unique = set(), []
+    for c in cleaned:  # first occurrence of each casefolded prompt, in order
+        if c and c.casefold() not in seen:
+            seen.add(c.casefold())
+            unique.append(c)
+    assert stats["exact_duplicates"] == sum(1 for c in cleaned if c) - len(unique)
+    from .test_clean_dedup import _oracle_keep
+
+    keep = _oracle_keep(minilm.encode(unique), 0.95)
+    assert stats["near_duplicates"] == int((~keep).sum()) and not keep[unique.index(values[1] + ", 4k")]
+    assert store.prompts(range(store.rows)) == [u for u, k in zip(unique, keep) if k]
     assert store.rows == stats["rows"] == store.indexes["clip"].ntotal == len(store.minilm) == store.table.num_rows
     assert m.clip.model.startswith("local-dir:")
     assert m.minilm.dim == 384 and store.minilm.dtype == np.float16

@@ -11,23 +11,8 @@ from PIL import Image
 
 from evaluation.submission import read_submission
 from index_store.format import CLIP_INDEX, MANIFEST, MINILM
-from nearest_prompt.cli import main
 
-from .conftest import KAGGLE, corpus_slice, need_data
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, match):
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("nearest-prompt: error:")]
-    assert len(lines) == 1, err
-    assert match in lines[0], lines[0]
-    assert "Traceback" not in err
+from .conftest import KAGGLE, assert_one_line_error, corpus_slice, need_data, run
 
 
 @pytest.fixture
@@ -35,7 +20,7 @@ def cli_store(cli_store_path):
     return cli_store_path
 
 
-def test_build_query_predict_info(cli_store, capsys, tmp_path):
+def test_build_query_predict_info(cli_store, capsys, tmp_path, clip_encoder):
     need_data()
     img = KAGGLE / "images" / "20057f34d.png"
     code, out, _ = run(capsys, "query", "--index", cli_store, img, "--k", 3, "--json", "-q")
@@ -64,6 +49,21 @@ def test_build_query_predict_info(cli_store, capsys, tmp_path):
     assert code == 0
     assert np.load(npy).shape == (1, 384)
     assert (tmp_path / "pred.ids.txt").read_text() == "20057f34d\n"
+    # the wiring, against a blend computed by hand: numpy brute force over the stored CLIP vectors, the
+    # documented weights 1 / ((1 - s)^6 + 1e-6), the MiniLM rows of the 20 best, normalised
+    from encoders.images import load_image
+    from index_store import open_store
+
+    store = open_store(cli_store)
+    q = clip_encoder.encode_images([load_image(img)])[0]
+    scores = store.indexes["clip"].reconstruct_n(0, store.rows) @ q
+    best = np.argsort(-scores, kind="stable")[:20]
+    w = 1.0 / ((1.0 - scores[best].astype(np.float64)) ** 6 + 1e-6)
+    v = (w[:, None] * store.minilm[best].astype(np.float64)).sum(0)
+    np.testing.assert_allclose(np.load(npy)[0], v / np.linalg.norm(v), atol=2e-6)
+    conf = np.linalg.norm(v) / w.sum()
+    row = (tmp_path / "pred.confidence.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == "20057f34d" and abs(float(row[1]) - conf) < 2e-6 and abs(float(row[2]) - scores[best[0]]) < 2e-6
 
     code, out, _ = run(capsys, "info", "--index", cli_store, "--verify")
     assert code == 0 and "bytes per prompt" in out and "all verified" in out

@@ -150,12 +150,14 @@ def test_eval_cli_pairs_and_text_routes(cli_store_path, capsys, tmp_path):
 def test_eval_cli_bad_input(cli_store_path, capsys, tmp_path):
     from nearest_prompt.cli import main
 
-    assert main(["eval", "--index", str(cli_store_path), "--text-oracle", "-q"]) == 2
-    assert "need --prompts" in capsys.readouterr().err
+    from .conftest import assert_one_line_error
+
+    code = main(["eval", "--index", str(cli_store_path), "--text-oracle", "-q"])
+    assert_one_line_error(code, capsys.readouterr().err, "need --prompts")
     pairs = tmp_path / "p.csv"
     pairs.write_text("image,prompt\nmissing.png,a cat\n")
-    assert main(["eval", "--index", str(cli_store_path), "--pairs", str(pairs), "-q"]) == 2
-    assert "not found" in capsys.readouterr().err
+    code = main(["eval", "--index", str(cli_store_path), "--pairs", str(pairs), "-q"])
+    assert_one_line_error(code, capsys.readouterr().err, "--pairs: image 'missing.png' of the pairs file not found")
 
 
 def test_blend_cli(cli_store_path, capsys, tmp_path):
@@ -176,8 +178,10 @@ def test_blend_cli(cli_store_path, capsys, tmp_path):
     np.testing.assert_allclose(got[0], unit(x[0] + y[0]), atol=1e-6)
     np.testing.assert_allclose(got[1], y[1], atol=1e-6)
     write_submission(tmp_path / "w.csv", ["a", "b", "zzz"], x)
-    assert main(["blend", str(tmp_path / "x.csv"), str(tmp_path / "w.csv"), "--out", str(out), "-q"]) == 2
-    assert "same image ids" in capsys.readouterr().err
+    from .conftest import assert_one_line_error
+
+    code = main(["blend", str(tmp_path / "x.csv"), str(tmp_path / "w.csv"), "--out", str(out), "-q"])
+    assert_one_line_error(code, capsys.readouterr().err, "same image ids")
 
 
 def test_query_minilm_space_and_captions(cli_store_path, capsys, tmp_path):
@@ -201,5 +205,7 @@ def test_query_minilm_space_and_captions(cli_store_path, capsys, tmp_path):
     np.testing.assert_allclose(np.load(zero), np.load(plain), atol=1e-6)
     assert not np.allclose(np.load(fused), np.load(plain), atol=1e-3)
     (tmp_path / "bad.csv").write_text("name,text\nx,y\n")
-    assert main(base + ["--out", str(zero), "--captions", str(tmp_path / "bad.csv")]) == 2
-    assert "--captions: " in (err := capsys.readouterr().err) and "no image column" in err
+    from .conftest import assert_one_line_error
+
+    code = main(base + ["--out", str(zero), "--captions", str(tmp_path / "bad.csv")])
+    assert_one_line_error(code, capsys.readouterr().err, "--captions: ")

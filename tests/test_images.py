@@ -44,6 +44,33 @@ def test_transparent_pixels_become_white(tmp_path):
     assert np.asarray(load_image(_save(im, tmp_path / "t.png"))).min() == 255
 
 
+def test_conversions_give_the_right_pixel_values(tmp_path):
+    """Pixel values, not only modes: each conversion against a hand-computed colour."""
+    # CMYK (0, 255, 255, 0) is pure red; TIFF keeps CMYK losslessly (JPEG would not)
+    cmyk = _save(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), tmp_path / "c.tif")
+    assert load_image(cmyk).getpixel((1, 1)) == (255, 0, 0)
+    # palette with a transparent index: opaque entries keep their colour, the transparent one is white
+    pal = Image.new("P", (4, 1))
+    pal.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    pal.putpixel((0, 0), 0)
+    pal.putpixel((1, 0), 1)
+    pal.info["transparency"] = 1
+    got = load_image(_save(pal, tmp_path / "p.png", transparency=1))
+    assert got.getpixel((0, 0)) == (10, 20, 30) and got.getpixel((1, 0)) == (255, 255, 255)
+    # LA: grey 100 at alpha 128 over white: 100 * a + 255 * (1 - a)
+    la = load_image(_save(Image.new("LA", (2, 2), (100, 128)), tmp_path / "la.png"))
+    expect = round(100 * 128 / 255 + 255 * (1 - 128 / 255))
+    assert all(abs(c - expect) <= 1 for c in la.getpixel((0, 0))), la.getpixel((0, 0))
+    # RGBA half-transparent red over white
+    rgba = load_image(_save(Image.new("RGBA", (2, 2), (255, 0, 0, 64)), tmp_path / "r.png"))
+    g = round(255 * (1 - 64 / 255))
+    assert rgba.getpixel((0, 0))[0] == 255 and all(abs(c - g) <= 1 for c in rgba.getpixel((0, 0))[1:])
+    # 16-bit grey: 65535 -> 255, 257 * 100 -> 100; 1-bit: white stays 255
+    g16 = Image.fromarray(np.array([[65535, 25700]], dtype=np.uint16))
+    assert [load_image(_save(g16, tmp_path / "g.png")).getpixel((x, 0)) for x in (0, 1)] == [(255,) * 3, (100,) * 3]
+    assert load_image(_save(Image.new("1", (2, 2), 1), tmp_path / "b.png")).getpixel((0, 0)) == (255, 255, 255)
+
+
 def test_modes_embed(mode_images, clip_encoder):
     v = clip_encoder.encode_images([load_image(p) for p in mode_images.values()])
     assert v.shape == (len(mode_images), clip_encoder.dim)

@@ -18,24 +18,9 @@ import indexer
 from common.errors import BusyError, InputError, StoreError
 from common.text import clean_prompt, printable
 from index_store.format import CLIP_INDEX, MANIFEST, MINILM
-from nearest_prompt.cli import main
 from retriever import Retriever
 
-from .conftest import KAGGLE, corpus_slice, need_data
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, match):
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nearest-prompt: error: "), err
-    assert match in lines[0], lines[0]
+from .conftest import KAGGLE, assert_one_line_error, corpus_slice, need_data, run
 
 
 def tree(root):

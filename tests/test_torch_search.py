@@ -40,14 +40,14 @@ def test_from_faiss_reads_stored_vectors(base):
 
 
 def test_retriever_torch_backend_matches_faiss(retriever):
+    from retriever import Retriever
+
     q = retriever.embed_texts(["a castle", "a cat", "a spaceship"])
     exact = retriever.search(q, k=7)
-    retriever.use_search_backend("torch")
-    try:
-        got = retriever.search(q, k=7)
-    finally:
-        retriever.use_search_backend("faiss")
+    torch_backed = Retriever(retriever.store, clip=retriever.clip).use_search_backend("torch")  # not the shared one
+    got = torch_backed.search(q, k=7)
     np.testing.assert_array_equal(got.ids, exact.ids)
+    np.testing.assert_allclose(got.scores, exact.scores, atol=1e-5)
 
 
 @pytest.mark.gpu
