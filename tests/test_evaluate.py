@@ -207,5 +207,6 @@ def test_query_minilm_space_and_captions(cli_store_path, capsys, tmp_path):
     (tmp_path / "bad.csv").write_text("name,text\nx,y\n")
     from .conftest import assert_one_line_error
 
+    capsys.readouterr()
     code = main(base + ["--out", str(zero), "--captions", str(tmp_path / "bad.csv")])
     assert_one_line_error(code, capsys.readouterr().err, "--captions: ")
