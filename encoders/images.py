@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -23,17 +25,24 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x
 _CAP_LOCK = threading.RLock()  # Image.MAX_IMAGE_PIXELS is process-wide
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image file fully and return it as 8-bit RGB.
+def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image (a file, or its bytes: ``source`` in messages) fully and return it as 8-bit RGB.
 
     Grayscale, palette, RGBA/LA (composited on white), CMYK and 16-bit or
     float images are converted; EXIF orientation is applied. Raises
     ``InputError`` for files that are not images, are truncated, or have
     more than ``max_pixels`` pixels (a decompression bomb).
     """
-    path = Path(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        if not len(path):
+            raise InputError("the image is empty (0 bytes)", param="image")
+        source: Any = io.BytesIO(path)
+        path = Path("image")
+    else:
+        path = Path(path)
+        source = path
     try:
-        with _our_limit_only(), Image.open(path) as im:
+        with _our_limit_only(), Image.open(source) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(_bomb_message(path, w, h, max_pixels), param="max_pixels")
@@ -50,7 +59,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     except IsADirectoryError as e:
         raise InputError(f"{path}: is a directory") from e
     except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for bad/truncated data
-        raise InputError(f"{path}: not a readable image ({str(e).splitlines()[0][:120]})") from e
+        why = "not a known image format" if "cannot identify image file" in str(e) else str(e).splitlines()[0][:120]
+        raise InputError(f"{path}: not a readable image ({why})") from e
 
 
 def _bomb_message(path: Path, w: int, h: int, max_pixels: int) -> str:

@@ -48,6 +48,25 @@ class Store:
     def minilm_info(self) -> MiniLMInfo:
         return self.manifest.minilm
 
+    @property
+    def note(self) -> str | None:
+        """A warning every result from this store should carry (its CLIP model has random weights), or None."""
+        if not self.manifest.clip.random_weights:
+            return None
+        return (f"this index was built with a CLIP model of random weights ({self.manifest.clip.model}), made for "
+                "tests and the offline quick start: its neighbours and predictions are meaningless")
+
+    def describe(self) -> dict[str, Any]:
+        """What ``nearest-prompt info --json`` prints and the service's ``/info`` returns: the manifest, sizes,
+        whether the indexes are memory-mapped, the library versions running now, and the note."""
+        from common.version import library_versions
+
+        total = sum(f.bytes for f in self.manifest.files.values())
+        return {**self.manifest.to_dict(), "path": str(self.path), "bytes_total": total,
+                "bytes_per_prompt": total / max(self.rows, 1), "note": self.note,
+                "memory_mapped": {s: is_memory_mapped(index) for s, index in self.indexes.items()},
+                "running_versions": library_versions()}
+
     def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
         """Prompt texts for row ids; ``-1`` (faiss padding) gives ``None``."""
         ids = np.asarray(ids, dtype=np.int64).ravel()

@@ -70,7 +70,8 @@ class ExactDedup:
     def blocks(self) -> Iterator[pa.StringArray]:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
-        self._runs, self._written, self.stats = [], 0, CleanStats()  # each call starts afresh
+        self._runs, self._written = [], 0
+        vars(self.stats).update(vars(CleanStats()))  # each call starts afresh, in the same object (callers hold it)
         try:
             with open(self.folder / "records.bin", "w+b") as records:
                 with open(self.folder / "codes.bin", "wb") as codes, \

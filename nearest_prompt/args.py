@@ -105,19 +105,9 @@ def open_retriever(args: argparse.Namespace) -> Any:
     return r.use_search_backend(args.search_backend)
 
 
-RANDOM_WEIGHTS_NOTE = ("note: this index was built with a CLIP model of random weights ({model}), made for tests "
-                       "and the offline quick start: its neighbours and predictions are meaningless")
-
-
-def random_weights_note(store: Any) -> str | None:
-    """The banner shown with every result of a store whose CLIP model has random weights."""
-    info = store.clip_info
-    return RANDOM_WEIGHTS_NOTE.format(model=info.model) if info.random_weights else None
-
-
 def print_random_weights_note(store: Any) -> None:
+    """The banner shown with every result of a store whose CLIP model has random weights (``Store.note``)."""
     import sys
 
-    note = random_weights_note(store)
-    if note:
-        print(note, file=sys.stderr)
+    if store.note:
+        print(f"note: {store.note}", file=sys.stderr)

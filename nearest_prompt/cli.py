@@ -20,6 +20,7 @@ from typing import Any
 from common.errors import InputError, NearestPromptError
 from common.text import printable
 from common.version import __version__, library_versions
+from service.settings import ServeSettings
 
 from .args import (
     Formatter,
@@ -33,12 +34,11 @@ from .args import (
     open_retriever,
     positive_int,
     print_random_weights_note,
-    random_weights_note,
 )
 
 log = logging.getLogger("nearest_prompt.cli")
 
-_OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "evaluation")
+_OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "evaluation", "service")
 
 def build_parser() -> argparse.ArgumentParser:
     from indexer.config import INDEX_TYPES, BuildConfig
@@ -114,6 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_eval import add_parsers
 
     add_parsers(cmd)
+
+    sv = cmd("serve", "serve query and predict over HTTP, with a web page")
+    sv.add_argument("--index", required=True, metavar="DIR", help="index store directory")
+    sv.add_argument("--host", default=default(ServeSettings, "host"),
+                    help="address to bind; anything but loopback without --token prints a warning")
+    sv.add_argument("--port", type=int, default=default(ServeSettings, "port"), help="port (0: any free one)")
+    sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint but "
+                                                  "/health, the page and the API description")
+    sv.add_argument("--max-batch", type=positive_int, default=default(ServeSettings, "max_batch"),
+                    help="images sharing one CLIP forward pass")
+    sv.add_argument("--max-wait-ms", type=float, default=default(ServeSettings, "max_wait_ms"),
+                    help="how long a request waits for others to share its batch")
+    sv.add_argument("--workers", type=positive_int, default=default(ServeSettings, "workers"),
+                    help="server processes, each holding its own model")
+    sv.add_argument("--max-body-mb", type=float, default=default(ServeSettings, "max_body_bytes") / 2**20,
+                    help="largest request body in MiB")
+    sv.add_argument("--queue-size", type=positive_int, default=default(ServeSettings, "queue_size"),
+                    help="images waiting for the encoder before requests get 503")
+    sv.add_argument("--timeout", type=float, default=default(ServeSettings, "timeout_s"),
+                    help="seconds per request before 503")
+    sv.add_argument("--allow-image-urls", action="store_true",
+                    help="let /knn-service fetch image_url (off: fetching URLs for strangers is an SSRF hole)")
+    sv.add_argument("--name", default=None, help="the index's name in /indices-list (default: the folder's name)")
+    sv.add_argument("--max-pixels", type=positive_int, default=default(ServeSettings, "max_pixels"),
+                    help="refuse larger images (decompression bombs)")
+    add_model_args(sv, building=False)
+    add_common(sv)
 
     i = cmd("info", "what an index store holds")
     i.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -191,7 +218,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size, max_pixels=args.max_pixels,
                                progress=not args.quiet and images is not None and len(images.paths) > 1)
     if args.json:
-        doc = {"index": str(r.store.path), "k": args.k, "space": args.space, "note": random_weights_note(r.store),
+        doc = {"index": str(r.store.path), "k": args.k, "space": args.space, "note": r.store.note,
                "results": [
             {res.kind: res.label, "neighbors": [
                 {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
@@ -270,15 +297,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from index_store.reader import is_memory_mapped
 
     store = open_store(args.index, verify="full" if args.verify else "auto")
+    if args.json:
+        print(json.dumps(store.describe(), indent=2))
+        return 0
     m = store.manifest
     total = sum(f.bytes for f in m.files.values())
     rows = max(store.rows, 1)
     mapped = {s: is_memory_mapped(store.indexes[s]) for s in SPACES}
-    if args.json:
-        print(json.dumps({**m.to_dict(), "path": str(store.path), "bytes_total": total, "note": random_weights_note(store),
-                          "bytes_per_prompt": total / rows, "memory_mapped": mapped,
-                          "running_versions": library_versions()}, indent=2))
-        return 0
     clip, mini = m.clip, m.minilm
     lines = [
         f"index store   {store.path}",
@@ -309,11 +334,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import serve
+
+    if args.clip or args.pretrained:
+        raise InputError("serve loads the CLIP model recorded in the store; move its weights back, or rebuild")
+    serve(ServeSettings(index=args.index, host=args.host, port=args.port, token=args.token, max_batch=args.max_batch,
+                        max_wait_ms=args.max_wait_ms, workers=args.workers,
+                        max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels,
+                        queue_size=args.queue_size, timeout_s=args.timeout, allow_image_urls=args.allow_image_urls,
+                        device=args.device, search_backend=args.search_backend, name=args.name))
+    return 0
+
+
 def commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     from .cli_eval import cmd_blend, cmd_eval
 
     return {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info,
-            "eval": cmd_eval, "blend": cmd_blend}
+            "eval": cmd_eval, "blend": cmd_blend, "serve": cmd_serve}
 
 
 def error_line(e: NearestPromptError) -> str:

@@ -145,3 +145,13 @@ def test_near_dedup_on_real_minilm(minilm):
     keep = dedup.near_duplicate_keep(v, threshold=0.95)
     assert keep.tolist()[:3] == [True, False, True]
     assert dedup.near_duplicate_keep(v, threshold=0.9999).all()
+
+
+def test_exact_dedup_statistics_are_counted_in_the_object_callers_hold(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a\nb\na\n\n")
+    d = ExactDedup(check_sources([path]), folder=tmp_path / "w")
+    held = d.stats  # taken before blocks() runs, as a caller (the exact-dedup benchmark) does
+    for _ in range(2):  # a second pass starts afresh, in the same object
+        assert [p for block in d.blocks() for p in block.to_pylist()] == ["a", "b"]
+        assert held is d.stats and (held.values_read, held.unique, held.exact_duplicates, held.empty) == (4, 2, 1, 1)

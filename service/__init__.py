@@ -1,0 +1,7 @@
+"""The HTTP service: the library's query and predict over FastAPI, micro-batched, bounded, with a web page.
+
+An adapter like the CLI (the top floor): it parses requests, calls ``retriever`` and prints JSON.
+``settings`` (options), ``batcher`` (requests share one CLIP forward pass), ``schemas`` (request and
+response models, the OpenAPI document), ``app`` (routes, limits, errors, metrics, reload), ``server``
+(uvicorn, signals), ``static/`` (the page).
+"""

@@ -1,0 +1,112 @@
+"""Request and response models: they validate JSON bodies and make the OpenAPI document.
+
+Unknown fields are refused (``extra="forbid"``), except in the clip back protocol, whose clients send
+fields this service accepts and ignores (listed in ``KnnRequest``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 10_000  # also bounded by the index size at run time
+MAX_IMAGES = 256  # per predict request
+MAX_TEXT = 10_000  # characters of a text query or caption
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="one line naming the problem and the fix")
+
+
+class QueryRequest(Strict):
+    """Exactly one of ``image`` (base64), ``text`` or ``embedding`` (a CLIP-space vector)."""
+
+    image: str | None = Field(None, description="base64 of an image file (PNG, JPEG, WebP, ...)")
+    text: str | None = Field(None, max_length=MAX_TEXT, description="searched through the CLIP text encoder")
+    embedding: list[float] | None = Field(None, max_length=8192, description="a CLIP-space query vector")
+    k: int = Field(10, ge=1, le=MAX_K, description="neighbours to return (at most the index size)")
+
+
+class Neighbor(BaseModel):
+    id: int
+    prompt: str
+    score: float
+
+
+class QueryResponse(BaseModel):
+    neighbors: list[Neighbor]
+    note: str | None = None
+
+
+class PredictRequest(Strict):
+    images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES, description="base64 image files")
+    k: int = Field(100, ge=1, le=MAX_K)
+    weighting: Literal["power", "softmax"] = "power"
+    power: float = Field(6.0, gt=0, le=1e6)
+    eps: float = Field(1e-6, gt=0, le=1e6)
+    temperature: float = Field(0.01, gt=0, le=1e6)
+    captions: list[str | None] | None = Field(None, max_length=MAX_IMAGES,
+                                              description="one caption per image (null: none), fused with it")
+    caption_weight: float = Field(1.0, ge=0, le=1e6)
+    caption_space: Literal["clip", "minilm"] = "clip"
+
+
+class PredictResult(BaseModel):
+    vector: list[float] = Field(description="unit 384-d all-MiniLM-L6-v2 vector (zeros without neighbours)")
+    confidence: float
+    top_score: float | None
+
+
+class PredictResponse(BaseModel):
+    results: list[PredictResult]
+    note: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    rows: int
+
+
+class KnnRequest(BaseModel):
+    """clip-retrieval's ``/knn-service`` body. Accepted and ignored: use_mclip, aesthetic_score,
+    aesthetic_weight, deduplicate, use_safety_model, use_violence_detector (and any other field its client
+    sends); ``modality`` may be "image" or "text": both search the prompts' CLIP vectors."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str | None = Field(None, max_length=MAX_TEXT)
+    image: str | None = None
+    image_url: str | None = None
+    embedding_input: list[float] | None = Field(None, max_length=8192)
+    modality: Literal["image", "text"] = "image"
+    num_images: int = Field(40, ge=1, le=MAX_K)
+    num_result_ids: int | None = Field(None, ge=1, le=MAX_K)
+    indice_name: str | None = None
+
+
+class KnnResult(BaseModel):
+    id: int
+    similarity: float
+    caption: str
+
+
+class MetadataRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ids: list[int] = Field(..., max_length=MAX_K)
+    indice_name: str | None = None
+
+
+class MetadataItem(BaseModel):
+    id: int
+    metadata: dict[str, str]
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded"]
+    rows: int

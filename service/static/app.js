@@ -1,0 +1,131 @@
+// nearest-prompt's page: plain JS, no build step. Talks to /query and /predict of the same server.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { lastImage: null, lastText: null };
+
+function headers(json) {
+  const h = json ? { "Content-Type": "application/json" } : {};
+  const token = $("token").value.trim() || localStorage.getItem("np-token") || "";
+  if (token) { h["Authorization"] = "Bearer " + token; localStorage.setItem("np-token", token); }
+  return h;
+}
+
+function setStatus(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+async function post(path, body) {
+  const res = await fetch(path, { method: "POST", headers: headers(!(body instanceof FormData)),
+                                  body: body instanceof FormData ? body : JSON.stringify(body) });
+  let data = null;
+  try { data = await res.json(); } catch (e) { /* not JSON */ }
+  if (!res.ok) throw new Error((data && data.error) || ("the server answered " + res.status));
+  return data;
+}
+
+function k() { return parseInt($("k").value, 10); }
+
+function show(neighbors, note) {
+  const list = $("results");
+  list.replaceChildren();
+  $("note").hidden = !note;
+  $("note").textContent = note ? "Note: " + note : "";
+  for (const n of neighbors) {
+    const li = document.createElement("li");
+    const p = document.createElement("p");
+    p.className = "prompt";
+    p.textContent = n.prompt;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    fill.style.width = Math.max(0, Math.min(1, n.score)) * 100 + "%";
+    bar.appendChild(fill);
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = n.score.toFixed(4);
+    const copy = document.createElement("button");
+    copy.className = "copy";
+    copy.type = "button";
+    copy.textContent = "copy";
+    copy.addEventListener("click", () => copyText(n.prompt, copy));
+    meta.append(bar, score, copy);
+    li.append(p, meta);
+    list.appendChild(li);
+  }
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (e) {  // no clipboard permission: the old way
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  button.textContent = "copied";
+  setTimeout(() => { button.textContent = "copy"; }, 1500);
+}
+
+async function searchImage(file) {
+  if (!file) return;
+  if (!file.type.startsWith("image/") && file.type !== "") {
+    setStatus(`${file.name || "that file"} is not an image (${file.type}); pick a PNG, JPEG or WebP file`, true);
+    return;
+  }
+  state.lastImage = file; state.lastText = null;
+  const url = URL.createObjectURL(file);
+  $("preview").src = url; $("preview").hidden = false;
+  setStatus("searching…");
+  $("confidence").hidden = true;
+  try {
+    const q = new FormData(); q.append("image", file); q.append("k", String(k()));
+    const p = new FormData(); p.append("image", file);
+    const [res, pred] = await Promise.all([post("/query", q), post("/predict", p)]);
+    show(res.neighbors, res.note);
+    const r = pred.results[0];
+    $("confidence").textContent = `Prediction confidence ${r.confidence.toFixed(3)} (how much the neighbours agree; ` +
+      `best similarity ${r.top_score === null ? "–" : r.top_score.toFixed(3)})`;
+    $("confidence").hidden = false;
+    setStatus(`${res.neighbors.length} nearest prompts`);
+  } catch (e) {
+    $("results").replaceChildren();
+    setStatus(e.message, true);
+  }
+}
+
+async function searchText(text) {
+  if (!text.trim()) { setStatus("type a text to search for", true); return; }
+  state.lastText = text; state.lastImage = null;
+  $("preview").hidden = true; $("confidence").hidden = true;
+  setStatus("searching…");
+  try {
+    const res = await post("/query", { text: text, k: k() });
+    show(res.neighbors, res.note);
+    setStatus(`${res.neighbors.length} nearest prompts`);
+  } catch (e) {
+    $("results").replaceChildren();
+    setStatus(e.message, true);
+  }
+}
+
+$("file").addEventListener("change", (e) => searchImage(e.target.files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); searchImage(e.dataTransfer.files[0]); });
+document.addEventListener("paste", (e) => {
+  const item = [...(e.clipboardData || {}).items || []].find((i) => i.kind === "file");
+  if (item) searchImage(item.getAsFile());
+});
+$("text-form").addEventListener("submit", (e) => { e.preventDefault(); searchText($("text").value); });
+$("k").addEventListener("input", () => { $("k-out").textContent = $("k").value; });
+$("k").addEventListener("change", () => {
+  if (state.lastImage) searchImage(state.lastImage); else if (state.lastText) searchText(state.lastText);
+});
+$("token").value = localStorage.getItem("np-token") || "";
