@@ -10,5 +10,8 @@ fi
 stamp=.venv/.nearest-prompt-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/constraints.txt -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet -c scripts/constraints.txt -e '.[test]'
+    # clip-retrieval's own ClipClient checks the service's clip back protocol; its package pins an old
+    # numpy and a server stack, so it comes without its dependencies (the client needs only requests)
+    .venv/bin/python -m pip install --quiet --no-deps clip-retrieval==2.45.0
     touch "$stamp"
 fi

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import InputError, NearestPromptError, StoreError
 from encoders.images import load_image
@@ -288,6 +289,10 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
     @app.exception_handler(ClientError)
     async def _client_error(request: Request, e: ClientError) -> JSONResponse:
         return error(e.status, str(e), e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error(e.status_code, str(e.detail), getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -1,7 +1,8 @@
 // nearest-prompt's page: plain JS, no build step. Talks to /query and /predict of the same server.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { lastImage: null, lastText: null };
+const state = { lastImage: null, lastText: null, rows: 100 };
+const PREDICT_K = 100;  // neighbours blended for the confidence, as `nearest-prompt predict` does
 
 function headers(json) {
   const h = json ? { "Content-Type": "application/json" } : {};
@@ -85,7 +86,7 @@ async function searchImage(file) {
   $("confidence").hidden = true;
   try {
     const q = new FormData(); q.append("image", file); q.append("k", String(k()));
-    const p = new FormData(); p.append("image", file);
+    const p = new FormData(); p.append("image", file); p.append("k", String(Math.min(PREDICT_K, state.rows)));
     const [res, pred] = await Promise.all([post("/query", q), post("/predict", p)]);
     show(res.neighbors, res.note);
     const r = pred.results[0];
@@ -129,3 +130,7 @@ $("k").addEventListener("change", () => {
   if (state.lastImage) searchImage(state.lastImage); else if (state.lastText) searchText(state.lastText);
 });
 $("token").value = localStorage.getItem("np-token") || "";
+fetch("/health").then((r) => r.json()).then((h) => {
+  state.rows = h.rows;
+  $("k").max = String(Math.min(50, h.rows));
+}).catch(() => setStatus("the server does not answer", true));

@@ -1,0 +1,380 @@
+"""The HTTP service as a user meets it: a real ``nearest-prompt serve`` process on loopback, talked to
+over HTTP (httpx, and clip-retrieval's own ClipClient), with bad requests, auth, reload, shutdown,
+metrics, a bounded load test and a schema-driven fuzz."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import index_store
+
+from .conftest import KAGGLE, corpus_slice, need_data, run
+from .service_support import Server
+
+IMAGES = sorted(KAGGLE.glob("images/*.png"))
+IN_CI = os.environ.get("CI") == "true"
+GRACEFUL = (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once it has shut down gracefully
+
+
+@pytest.fixture(scope="module")
+def server(cli_store_path, tmp_path_factory):
+    need_data()
+    s = Server(cli_store_path, "--max-batch", "8", "--max-wait-ms", "5",
+               log=tmp_path_factory.mktemp("serve") / "server.log")
+    yield s
+    assert s.stop() in GRACEFUL, s.log.read_text()[-2000:]
+
+
+def b64(path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_health_info_and_the_page(server, cli_store_path):
+    with server.client() as c:
+        rows = index_store.open_store(cli_store_path).rows
+        assert c.get("/health").json() == {"status": "ok", "rows": rows}
+        info = c.get("/info").json()
+        assert info["rows"] == rows and info["memory_mapped"] == {"clip": True, "minilm": True}
+        assert "random weights" in info["note"] and info["format"] == "nearest-prompt-index"
+        page = c.get("/")
+        assert page.status_code == 200 and "nearest-prompt" in page.text and "/static/app.js" in page.text
+        assert c.get("/static/app.js").status_code == 200 and c.get("/static/style.css").status_code == 200
+        paths = set(c.get("/openapi.json").json()["paths"])
+        assert {"/health", "/info", "/query", "/predict", "/knn-service", "/metadata", "/indices-list", "/metrics",
+                "/admin/reload"} <= paths
+
+
+def test_query_by_image_text_and_embedding(server, cli_store_path, clip_encoder):
+    store = index_store.open_store(cli_store_path)
+    with server.client() as c:
+        multipart = c.post("/query", files={"image": IMAGES[0].read_bytes()}, data={"k": "5"}).json()
+        as_json = c.post("/query", json={"image": b64(IMAGES[0]), "k": 5}).json()
+        assert multipart == as_json and len(as_json["neighbors"]) == 5
+        # against the library: the same image through the Retriever
+        from retriever import Retriever
+
+        r = Retriever(store, clip=clip_encoder)
+        nb = r.search(r.embed_images([IMAGES[0]]).vectors, k=5)
+        assert [n["id"] for n in as_json["neighbors"]] == nb.ids[0].tolist()
+        np.testing.assert_allclose([n["score"] for n in as_json["neighbors"]], nb.scores[0], atol=1e-5)
+        assert [n["prompt"] for n in as_json["neighbors"]] == store.prompts(nb.ids[0])
+        prompt = store.prompts([7])[0]
+        got = c.post("/query", json={"text": prompt, "k": 3}).json()["neighbors"]
+        assert got[0]["prompt"] == prompt and got[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        vec = store.indexes["clip"].reconstruct(7) * 3.0  # any length: normalised by the server
+        got = c.post("/query", json={"embedding": vec.tolist(), "k": 2}).json()["neighbors"]
+        assert got[0]["id"] == 7 and got[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_equals_the_cli(server, cli_store_path, capsys, tmp_path):
+    npy = tmp_path / "cli.npy"
+    args = ["--k", "20", "--weighting", "softmax", "--temperature", "0.05"]
+    code, _, err = run(capsys, "predict", "--index", cli_store_path, *IMAGES, "--out", npy, *args, "-q")
+    assert code == 0, err
+    cli = np.load(npy)
+    conf = [ln.split(",") for ln in (tmp_path / "cli.confidence.csv").read_text().splitlines()[1:]]
+    with server.client() as c:
+        multipart = c.post("/predict", files=[("image", p.read_bytes()) for p in IMAGES],
+                           data={"k": "20", "weighting": "softmax", "temperature": "0.05"}).json()
+        as_json = c.post("/predict", json={"images": [b64(p) for p in IMAGES], "k": 20, "weighting": "softmax",
+                                           "temperature": 0.05}).json()
+    for res in (multipart, as_json):
+        got = np.array([r["vector"] for r in res["results"]], dtype=np.float32)
+        # batches of different sizes go through the CLIP image encoder: equal up to float rounding
+        np.testing.assert_allclose(got, cli, atol=2e-6)
+        np.testing.assert_allclose([r["confidence"] for r in res["results"]], [float(c[1]) for c in conf], atol=2e-6)
+        np.testing.assert_allclose([r["top_score"] for r in res["results"]], [float(c[2]) for c in conf], atol=2e-6)
+
+
+def test_predict_with_captions(server, cli_store_path, capsys, tmp_path):
+    caps = tmp_path / "caps.csv"
+    caps.write_text(f"imgId,caption\n{IMAGES[0].stem},a crater on a planet\n")
+    npy = tmp_path / "fused.npy"
+    code, _, err = run(capsys, "predict", "--index", cli_store_path, IMAGES[0], IMAGES[1], "--out", npy, "--k", "10",
+                       "--captions", caps, "--caption-space", "minilm", "-q")
+    assert code == 0, err
+    with server.client() as c:
+        res = c.post("/predict", json={"images": [b64(IMAGES[0]), b64(IMAGES[1])], "k": 10,
+                                       "captions": ["a crater on a planet", None], "caption_space": "minilm"}).json()
+    np.testing.assert_allclose(np.array([r["vector"] for r in res["results"]]), np.load(npy), atol=2e-6)
+
+
+def _clip_client():
+    """clip-retrieval's own client module, loaded from the installed package's file (the package's
+    ``__init__`` imports its whole server stack, which this project does not install)."""
+    spec = importlib.util.find_spec("clip_retrieval")
+    if spec is None:
+        if IN_CI:
+            pytest.fail("clip-retrieval is not installed (scripts/test.sh installs it)")
+        pytest.skip("clip-retrieval is not installed: pip install --no-deps clip-retrieval")
+    path = os.path.join(os.path.dirname(spec.origin), "clip_client.py")
+    mod_spec = importlib.util.spec_from_file_location("clip_client", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def test_clip_retrievals_own_client_gets_prompts(server, cli_store_path):
+    cc = _clip_client()
+    store = index_store.open_store(cli_store_path)
+    name = cli_store_path.name
+    with server.client() as c:
+        assert c.get("/indices-list").json() == [name]
+    client = cc.ClipClient(url=server.url + "/knn-service", indice_name=name, num_images=4)
+    prompt = store.prompts([3])[0]
+    res = client.query(text=prompt)
+    assert len(res) == 4 and res[0]["caption"] == prompt and res[0]["id"] == 3
+    assert res[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    by_image = client.query(image=str(IMAGES[0]))
+    assert len(by_image) == 4 and all(isinstance(r["caption"], str) for r in by_image)
+    by_vec = client.query(embedding_input=store.indexes["clip"].reconstruct(9).tolist())
+    assert by_vec[0]["id"] == 9
+    text_client = cc.ClipClient(url=server.url + "/knn-service", indice_name=name, num_images=2,
+                                modality=cc.Modality.TEXT)
+    assert text_client.query(text=prompt)[0]["id"] == 3
+    with server.client() as c:
+        meta = c.post("/metadata", json={"ids": [3, 9], "indice_name": name}).json()
+        assert meta == [{"id": 3, "metadata": {"caption": prompt}},
+                        {"id": 9, "metadata": {"caption": store.prompts([9])[0]}}]
+        refused = c.post("/knn-service", json={"image_url": "http://169.254.169.254/latest", "modality": "image",
+                                               "num_images": 2, "indice_name": name})
+        assert refused.status_code == 400 and "--allow-image-urls" in refused.json()["error"]
+
+
+BAD_REQUESTS = [  # (method, path, kwargs, status, words in the error)
+    ("post", "/query", {"content": b"not json"}, 400, "not valid JSON"),
+    ("post", "/query", {"content": b""}, 400, "empty body"),
+    ("post", "/query", {"json": {"image": "!!!"}}, 400, "not valid base64"),
+    ("post", "/query", {"json": {"image": base64.b64encode(b"hello").decode()}}, 400, "not a readable image"),
+    ("post", "/query", {"json": {"text": 42}}, 422, "text"),
+    ("post", "/query", {"json": {"text": "x", "colour": "red"}}, 422, "colour"),
+    ("post", "/query", {"json": {"text": "x", "k": 0}}, 422, "k"),
+    ("post", "/query", {"json": {"text": "x", "k": 9999}}, 400, "larger than the index"),
+    ("post", "/query", {"json": {"text": "x", "image": "AAAA"}}, 400, "exactly one"),
+    ("post", "/query", {"json": {}}, 400, "exactly one"),
+    ("post", "/query", {"json": {"embedding": [1.0, 2.0]}}, 400, "numbers"),
+    ("post", "/query", {"json": [1, 2]}, 422, "body"),
+    ("post", "/query", {"files": {"photo": b"x"}}, 422, "unknown file field"),
+    ("post", "/query", {"files": [("image", b"a"), ("image", b"b")]}, 400, "one image"),
+    ("post", "/predict", {"json": {"images": []}}, 422, "images"),
+    ("post", "/predict", {"json": {"images": ["AAAA"], "k": 5, "captions": ["a", "b"]}}, 400, "captions"),
+    ("post", "/predict", {"json": {"images": ["AAAA"], "weighting": "median"}}, 422, "weighting"),
+    ("post", "/predict", {"files": {"image": b""}, "data": {"k": "5"}}, 400, "empty"),
+    ("post", "/knn-service", {"json": {"text": "x", "indice_name": "laion5B"}}, 400, "no index 'laion5B'"),
+    ("post", "/knn-service", {"json": {"num_images": 2}}, 400, "exactly one"),
+    ("post", "/metadata", {"json": {"ids": [10 ** 9]}}, 400, "not a row"),
+    ("post", "/admin/reload", {}, 403, "--token"),
+    ("get", "/nowhere", {}, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("method,path,kwargs,status,words", BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, method, path, kwargs, status, words):
+    with server.client() as c:
+        r = getattr(c, method)(path, **kwargs)
+        assert r.status_code == status, r.text
+        body = r.json()
+        assert list(body) == ["error"] and words in body["error"] and "\n" not in body["error"], body
+        assert c.get("/health").status_code == 200
+
+
+def test_truncated_and_oversized_images(server, tmp_path):
+    from PIL import Image
+
+    with server.client() as c:
+        data = IMAGES[0].read_bytes()
+        r = c.post("/query", files={"image": data[: len(data) // 2]})
+        assert r.status_code == 400 and "truncated" in r.json()["error"]
+        big = tmp_path / "big.png"
+        Image.new("1", (10_000, 9_000)).save(big)  # 90M pixels in a few KB: over the default limit
+        r = c.post("/query", files={"image": big.read_bytes()})
+        assert r.status_code == 413 and "--max-pixels" in r.json()["error"]
+        r = c.post("/query", content=b"{" + b" " * (21 << 20) + b"}", headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+        assert c.get("/health").status_code == 200
+
+
+def test_metrics_show_requests_latency_and_batches(server):
+    with server.client() as c:
+        c.post("/query", json={"text": "a cat", "k": 2})
+        text = c.get("/metrics").text
+    assert 'nearest_prompt_requests_total{endpoint="/query",status="200"}' in text
+    assert "nearest_prompt_request_seconds_bucket" in text and "nearest_prompt_batch_size_count" in text
+    assert "nearest_prompt_queue_depth" in text and 'nearest_prompt_errors_total{endpoint="/query"}' in text
+
+
+def test_load_16_clients_50_requests_each(server, cli_store_path, clip_encoder):
+    """Bounded: 800 requests on loopback; zero errors, answers equal the offline ones, memory steady."""
+    from retriever import Retriever
+
+    r = Retriever(index_store.open_store(cli_store_path), clip=clip_encoder)
+    expect = {p: r.search(r.embed_images([p]).vectors, k=5).ids[0].tolist() for p in IMAGES}
+    blobs = {p: p.read_bytes() for p in IMAGES}
+    with server.client() as c:  # warm-up, then the baseline memory
+        for p in IMAGES:
+            c.post("/query", files={"image": blobs[p]}, data={"k": "5"})
+    before = server.rss()
+    errors, wrong = [], []
+
+    def client(n: int) -> None:
+        with server.client() as c:
+            for i in range(50):
+                p = IMAGES[(n + i) % len(IMAGES)]
+                resp = c.post("/query", files={"image": blobs[p]}, data={"k": "5"})
+                if resp.status_code != 200:
+                    errors.append(resp.text)
+                elif [x["id"] for x in resp.json()["neighbors"]] != expect[p]:
+                    wrong.append(p)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(client, range(16)))
+    assert time.monotonic() - start < 300
+    assert errors == [] and wrong == []
+    after = server.rss()
+    assert after < before * 1.25 + (50 << 20), (before, after)
+    with server.client() as c:  # requests shared forward passes
+        text = c.get("/metrics").text
+    count = float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("nearest_prompt_batch_size_count")))
+    total = float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("nearest_prompt_batch_size_sum")))
+    assert total / count > 1.2, (total, count)
+
+
+def test_schema_fuzz_finds_no_5xx(server):
+    """schemathesis, from the server's own OpenAPI document: bounded examples per operation."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    failures, calls = [], {}
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if op.path == "/admin/reload":
+            continue
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=op.as_strategy())
+        def check(case):
+            response = case.call(base_url=server.url, timeout=60)
+            calls[op.label] = calls.get(op.label, 0) + 1
+            if response.status_code >= 500:
+                failures.append((op.label, response.status_code, response.text[:200]))
+            case.validate_response(response, checks=[schemathesis.checks.response_schema_conformance])
+
+        check()
+    assert failures == []
+    assert len(calls) >= 8 and sum(calls.values()) >= 100, calls  # every operation was exercised
+    with server.client() as c:
+        assert c.get("/health").status_code == 200
+
+
+def test_token_reload_and_graceful_shutdown(tmp_path, clip_spec, capsys):
+    need_data()
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("\n".join(corpus_slice(40, offset=5000)) + "\n")
+    out = tmp_path / "store"
+    assert run(capsys, "build", "--prompts", corpus, "--out", out, "--clip", clip_spec, "--no-near-dedup", "-q")[0] == 0
+    token = "s3cret-token"
+    s = Server(out, "--token", token, "--max-wait-ms", "1500", log=tmp_path / "server.log")
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        with s.client() as c:
+            assert c.get("/health").status_code == 200  # public
+            assert c.get("/").status_code == 200  # the page is public; it asks for the token
+            for path in ("/info", "/metrics"):
+                r = c.get(path)
+                assert r.status_code == 401 and "token" in r.json()["error"]
+                assert c.get(path, headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+                assert c.get(path, headers=auth).status_code == 200
+            assert c.post("/query", json={"text": "x"}).status_code == 401
+            # rebuild into the same --out, then reload through the admin endpoint
+            corpus.write_text("\n".join(corpus_slice(25, offset=6000)) + "\n")
+            assert run(capsys, "build", "--prompts", corpus, "--out", out, "--clip", clip_spec, "--no-near-dedup",
+                       "-q")[0] == 0
+            assert c.get("/health").json()["rows"] == 40  # still the old one
+            assert c.post("/admin/reload").status_code == 401
+            assert c.post("/admin/reload", headers=auth).json() == {"status": "reloaded", "rows": 25}
+            assert c.post("/query", json={"text": corpus_slice(25, offset=6000)[3], "k": 1},
+                          headers=auth).json()["neighbors"][0]["id"] == 3
+            # a store that fails validation is refused, and the old one keeps serving
+            backup = tmp_path / "backup"
+            shutil.copytree(out, backup)
+            (out / "manifest.json").write_text("{ broken")
+            r = c.post("/admin/reload", headers=auth)
+            assert r.status_code == 409 and "old store keeps serving" in r.json()["error"]
+            s.signal(signal.SIGHUP)  # refused too, logged
+            time.sleep(2)
+            assert c.get("/health").json()["rows"] == 25
+            # SIGHUP after a good rebuild swaps it in
+            shutil.rmtree(out)
+            corpus.write_text("\n".join(corpus_slice(30, offset=7000)) + "\n")
+            assert run(capsys, "build", "--prompts", corpus, "--out", out, "--clip", clip_spec, "--no-near-dedup",
+                       "-q")[0] == 0
+            s.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while c.get("/health").json()["rows"] != 30 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert c.get("/health").json()["rows"] == 30
+            # SIGTERM while requests are in flight: they finish, then the server exits cleanly
+            results = []
+
+            def slow() -> None:
+                with s.client() as c2:
+                    results.append(c2.post("/predict", headers=auth, json={"images": [b64(p) for p in IMAGES],
+                                                                           "k": 5}).status_code)
+
+            threads = [threading.Thread(target=slow) for _ in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(0.3)
+            s.signal(signal.SIGTERM)
+            for t in threads:
+                t.join(60)
+            assert results == [200, 200, 200]
+            assert s.proc.wait(timeout=40) in GRACEFUL
+    finally:
+        s.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "reload on SIGHUP refused" in log and "Traceback" not in log
+
+
+def test_full_queue_answers_503_with_retry_after(cli_store_path, tmp_path):
+    need_data()
+    s = Server(cli_store_path, "--queue-size", "2", "--max-batch", "2", "--max-wait-ms", "200",
+               log=tmp_path / "server.log")
+    try:
+        def one(_):
+            with s.client() as c:
+                return c.post("/predict", json={"images": [b64(IMAGES[0])], "k": 3})
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(one, range(12)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+        busy = next(a for a in answers if a.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+        with s.client() as c:
+            assert c.get("/health").status_code == 200
+    finally:
+        assert s.stop() in GRACEFUL
+
+
+def test_serve_refuses_bad_options_in_one_line(capsys, tmp_path, cli_store_path):
+    from .conftest import assert_one_line_error
+
+    code, _, err = run(capsys, "serve", "--index", tmp_path / "none")
+    assert_one_line_error(code, err, "--index: ")
+    code, _, err = run(capsys, "serve", "--index", cli_store_path, "--token", "short")
+    assert_one_line_error(code, err, "--token: token must have at least 8 characters")
+    assert json.loads(json.dumps({"ok": True}))  # the commands above started no server
