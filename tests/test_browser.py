@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.serve import Server
+
 from .conftest import KAGGLE, need_data
-from .service_support import Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("NP_TEST_ARTIFACTS", "runs/test-artifacts"))
