@@ -312,6 +312,15 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         log.exception("internal error on %s", request.url.path)
         return error(500, f"internal error ({type(e).__name__}); see the server's log")
 
+    async def query_vector(r: Retriever, *, text: str | None, image: bytes | None, embedding: list[float] | None,
+                           field: str) -> np.ndarray:
+        """One unit CLIP query vector [1, d] from whichever of the three was given (checked: exactly one)."""
+        if embedding is not None:
+            return unit_embedding(embedding, r.store.indexes["clip"].d, field=field)
+        if text is not None:
+            return await service.encode(r, "text", [text])
+        return await service.encode(r, "image", await decode_images([image], settings))
+
     def current() -> Retriever:
         if service.retriever is None:
             raise ClientError(503, "the index is still loading; retry in a moment", {"Retry-After": "1"})
@@ -335,13 +344,8 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
             raise ClientError(400, "give exactly one of image, text or embedding"
                                    + (f" (got {', '.join(given)})" if given else ""))
         _check_k(req.k, r)
-        if req.embedding is not None:
-            vectors = unit_embedding(req.embedding, r.store.indexes["clip"].d, field="embedding")
-        elif req.text is not None:
-            vectors = await service.encode(r, "text", [req.text])
-        else:
-            blobs = files or [b64_image(req.image, field="image")]
-            vectors = await service.encode(r, "image", await decode_images(blobs, settings))
+        image = None if req.image is None else files[0] if files else b64_image(req.image, field="image")
+        vectors = await query_vector(r, text=req.text, image=image, embedding=req.embedding, field="embedding")
         nb = await run_in_threadpool(r.search, vectors, k=req.k)
         return {"neighbors": neighbors_of(r, nb.ids[0], nb.scores[0]), "note": r.store.note}
 
@@ -380,15 +384,11 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         given = [n for n in ("text", "image", "image_url", "embedding_input") if getattr(req, n)]
         if len(given) != 1:
             raise ClientError(400, "give exactly one of text, image, image_url or embedding_input")
-        k = min(req.num_images, r.rows)
-        if req.embedding_input is not None:
-            vectors = unit_embedding(req.embedding_input, r.store.indexes["clip"].d, field="embedding_input")
-        elif req.text:
-            vectors = await service.encode(r, "text", [req.text])
-        else:
-            data = b64_image(req.image, field="image") if req.image else await _fetch(req.image_url)
-            vectors = await service.encode(r, "image", await decode_images([data], settings))
-        nb = await run_in_threadpool(r.search, vectors, k=k)
+        image = b64_image(req.image, field="image") if req.image else await _fetch(req.image_url) \
+            if req.image_url else None
+        vectors = await query_vector(r, text=req.text or None, image=image, embedding=req.embedding_input,
+                                     field="embedding_input")
+        nb = await run_in_threadpool(r.search, vectors, k=min(req.num_images, r.rows))
         return [{"id": n["id"], "similarity": n["score"], "caption": n["prompt"]}
                 for n in neighbors_of(r, nb.ids[0], nb.scores[0])]
 
