@@ -18,7 +18,7 @@ from common.errors import StoreError
 from encoders.clip import ClipInfo
 from encoders.minilm import MiniLMInfo
 
-from .format import FILES, INDEX_FILES, MANIFEST, MINILM, PROMPTS, SPACES
+from .format import FILES, FORMAT_NAME, INDEX_FILES, MANIFEST, MINILM, PROMPTS, SPACES
 from .manifest import FileInfo, Manifest
 
 log = logging.getLogger(__name__)
@@ -116,13 +116,15 @@ def read_manifest(path: str | Path) -> Manifest:
 
 
 def is_store(path: str | Path) -> bool:
-    """True for a directory whose manifest is a nearest-prompt manifest listing the store's files.
-    A folder that merely holds a file called manifest.json is not a store."""
+    """True for a directory whose manifest.json names this format (any version, so that an old store can
+    be rebuilt in place) and lists the store's files. A folder that merely holds a file called
+    manifest.json is not a store."""
     try:
-        manifest = read_manifest(path)
-    except StoreError:
+        data = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return set(FILES) <= set(manifest.files)
+    return (isinstance(data, dict) and data.get("format") == FORMAT_NAME and isinstance(data.get("files"), dict)
+            and set(FILES) <= set(data["files"]))
 
 
 def verify_files(path: Path, manifest: Manifest, *, verify: str = "auto") -> None:

@@ -35,8 +35,8 @@ def check_target(out: str | Path) -> Path:
         raise InputError(f"{out} is a file; give a directory for the index store", param="out")
     if out.is_dir() and any(out.iterdir()) and not is_store(out):
         raise InputError(
-            f"{out} is a non-empty directory that is not an index store; "
-            "refusing to replace it: choose a new or empty directory", param="out")
+            f"{out} is a non-empty directory that is not an index store (nothing in it was touched); choose a "
+            "new or empty directory, or remove it yourself if it is a damaged store", param="out")
     return out
 
 

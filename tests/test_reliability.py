@@ -427,3 +427,13 @@ def test_bad_input_table(case, bad_inputs, cli_store_path, clip_spec, capsys, tm
     code, _, err = run(capsys, *argv, "-q") if argv[0] != "build" or "--limit" not in argv else run(capsys, *argv)
     assert_one_line_error(code, err, match)
     assert tree(tmp_path) == before and tree(cli_store_path) == store_before  # nothing new, anywhere
+
+
+def test_a_store_of_another_format_version_is_still_a_store_to_rebuild(store_dir, tmp_path):
+    old = _copy(store_dir, tmp_path)
+    m = json.loads((old / MANIFEST).read_text())
+    m["format_version"] = 0
+    (old / MANIFEST).write_text(json.dumps(m))
+    assert index_store.is_store(old)  # replaceable by a build
+    with pytest.raises(StoreError, match="format version 0 is not supported"):
+        index_store.open_store(old)  # but not readable
