@@ -18,6 +18,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,12 @@ from index_store import SPACES, IndexInfo, Manifest
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
 from .disk import check_free_space, corpus_size, estimate
+from .engine import TextEncoding, open_engine
 from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .prompt_file import PromptFile, write_prompt_file
 from .readers import Source, check_sources
-from .shards import ShardedMatrix, embed_in_shards
+from .shards import ShardedMatrix
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -68,14 +70,16 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     config = (config or BuildConfig()).validate()
     out = index_store.check_target(out)
     sources = check_sources(list(prompt_files), column=config.column)
-    if clip is None:
-        clip_spec = parse_clip_spec(config.clip_model, config.clip_pretrained)
+    clip_spec = parse_clip_spec(config.clip_model, config.clip_pretrained) if clip is None else None
+    minilm_spec = config.minilm_model if minilm is None else None
     if minilm is None:
         minilm = load_minilm(config.minilm_model, device=device)
     if clip is None:
         clip = load_clip(clip_spec, device=device)
+    encodings = {"minilm": TextEncoding("minilm", minilm_spec, device, minilm),
+                 "clip": TextEncoding("clip", clip_spec, device, clip)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with WorkDir(out) as work:
+    with _engine(config) as engine, WorkDir(out) as work:
         for orphan in index_store.orphans(out):
             log.info("removing %s, left by a build that was killed", orphan)
             shutil.rmtree(orphan, ignore_errors=True)
@@ -85,7 +89,7 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
         totals: dict[str, int] = {}
         try:
             return _build(work, sources, out, config=config, clip=clip, minilm=minilm, progress=progress,
-                          totals=totals)
+                          totals=totals, engine=engine, encodings=encodings)
         except BaseException as e:
             kept = work.after_failure(shard_totals=totals)
             full = _disk_full(e)
@@ -99,8 +103,19 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
             raise
 
 
+@contextmanager
+def _engine(config: BuildConfig) -> Iterator[Any]:
+    engine = open_engine(config.engine, address=config.ray_address, workers=config.workers,
+                         gpus_per_worker=config.gpus_per_worker)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConfig, clip: ClipEncoder,
-           minilm: MiniLMEncoder, progress: bool, totals: dict[str, int]) -> BuildResult:
+           minilm: MiniLMEncoder, progress: bool, totals: dict[str, int], engine: Any,
+           encodings: dict[str, TextEncoding]) -> BuildResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     budgets = split_budget(config.memory_budget_gb)
@@ -121,10 +136,9 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
 
     _stage("minilm")
     t = time.perf_counter()
-    minilm_paths = embed_in_shards(
-        prompts, encode=lambda b: minilm.encode(b, batch_size=len(b)), dim=minilm.dim, folder=work.path / "minilm",
-        shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float16,
-        desc="MiniLM", progress=progress)
+    minilm_paths = engine.embed(
+        prompts, encodings["minilm"], dim=minilm.dim, folder=work.path / "minilm", shard_size=config.shard_size,
+        batch_size=config.batch_size, dtype=np.float16, desc="MiniLM", progress=progress)
     minilm_all = ShardedMatrix(minilm_paths)
     timings["minilm"] = time.perf_counter() - t
 
@@ -138,10 +152,9 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
 
     _stage("clip")
     t = time.perf_counter()
-    clip_paths = embed_in_shards(
-        kept_prompts, encode=lambda b: clip.encode_text(b, batch_size=len(b)), dim=clip.dim,
-        folder=work.path / "clip", shard_size=config.shard_size, batch_size=config.batch_size,
-        dtype=np.float32, desc="CLIP text", progress=progress)
+    clip_paths = engine.embed(
+        kept_prompts, encodings["clip"], dim=clip.dim, folder=work.path / "clip", shard_size=config.shard_size,
+        batch_size=config.batch_size, dtype=np.float32, desc="CLIP text", progress=progress)
     timings["clip"] = time.perf_counter() - t
 
     _stage("store")
@@ -156,7 +169,7 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
             matrix = vectors[space]()
             plan = plan_index(len(kept), matrix.dim, index_type=config.index_type, memory_budget_gb=budgets[space])
             indexes[space] = IndexInfo.from_dict(build_index(matrix, plan, path=writer.index_path(space),
-                                                             seed=config.seed))
+                                                             seed=config.seed, map_blocks=engine.map_blocks))
             del matrix
             _return_free_memory()
         _stage("commit")
@@ -184,7 +197,7 @@ def _disk_full(e: BaseException) -> str | None:
 
 
 def _work_key(config: BuildConfig, sources: list[Source]) -> str:
-    blob = json.dumps({"work_format": WORK_FORMAT, "config": config.to_dict(),
+    blob = json.dumps({"work_format": WORK_FORMAT, "config": config.result_options(),
                        "sources": [s.describe() for s in sources]}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

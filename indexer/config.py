@@ -9,6 +9,7 @@ from common.errors import InputError
 from encoders.clip import DEFAULT_CLIP
 from encoders.minilm import DEFAULT_MINILM
 
+ENGINES = ("local", "ray")
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
 
@@ -26,6 +27,13 @@ class BuildConfig:
     index_type: str = "auto"
     memory_budget_gb: float = 4.0
     seed: int = 0
+    # where the parallel work runs; none of these changes the store, so none is in the resume key
+    engine: str = "local"  # "local" or "ray"
+    ray_address: str | None = None  # None: start a local Ray runtime; "auto" or "ray://HOST:PORT": join one
+    workers: int | None = None  # Ray actors embedding at once (default: the cluster's CPUs, or GPUs)
+    gpus_per_worker: float = 0.0
+
+    RUN_OPTIONS = ("engine", "ray_address", "workers", "gpus_per_worker")
 
     def validate(self) -> BuildConfig:
         if self.limit is not None and self.limit < 1:
@@ -40,6 +48,13 @@ class BuildConfig:
         if self.index_type not in INDEX_TYPES:
             raise InputError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}",
                              param="index_type")
+        if self.engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}", param="engine")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"workers must be at least 1, got {self.workers}", param="workers")
+        if not self.gpus_per_worker >= 0:
+            raise InputError(f"gpus_per_worker must be at least 0, got {self.gpus_per_worker}",
+                             param="gpus_per_worker")
         if not self.memory_budget_gb > 0:
             raise InputError(f"memory_budget_gb must be positive, got {self.memory_budget_gb}",
                              param="memory_budget_gb")
@@ -47,3 +62,7 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_options(self) -> dict[str, Any]:
+        """The options that shape the store (the resume key): all but where the work runs."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUN_OPTIONS}

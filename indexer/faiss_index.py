@@ -26,7 +26,7 @@ import numpy as np
 
 from common.topk import exact_knn, recall_at_k
 
-from .ivf_file import MappedIVF, set_ivf_file_nprobe, write_ivf_file
+from .ivf_file import MapBlocks, MappedIVF, set_ivf_file_nprobe, write_ivf_file
 from .shards import ShardedMatrix, float_blocks
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def new_index(plan: IndexPlan, d: int) -> Any:
 
 
 def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: str | Path,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, map_blocks: MapBlocks | None = None) -> dict[str, Any]:
     """Train (on a random sample), fill in row order (faiss id == row), write to ``path``, measure recall@10.
 
     IVF types go straight to disk (``ivf_file.write_ivf_file``) and are tuned
@@ -141,7 +141,7 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
     params = dict(plan.params)
     if plan.type in IVF_TYPES:
         train_ivf(index, vectors, rng=rng)
-        write_ivf_file(path, index, vectors)
+        write_ivf_file(path, index, vectors, map_blocks=map_blocks)  # the block work may run on an engine
         searcher = MappedIVF(path)
         recall = _tune(lambda q, k, value: searcher.search(q, k, nprobe=value), plan, params, vectors, rng)
         set_ivf_file_nprobe(path, index, ntotal=n, nprobe=params["nprobe"])

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .shards import ShardedMatrix, float_blocks
+from .shards import ShardedMatrix
 
 ENCODE_CHUNK = 65_536  # rows encoded and written at a time
 MAX_MAPPED_BYTES = 1 << 30  # list data mapped at once while searching (file pages, reclaimable)
@@ -67,20 +68,64 @@ def _lists_block(ivf: Any, sizes: np.ndarray) -> bytes:
             + struct.pack("<Q", ivf.nlist) + sizes.astype("<u8").tobytes())
 
 
-def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.ndarray) -> np.ndarray:
+MapBlocks = Callable[[Callable[..., Any], tuple, list[tuple]], Iterator[Any]]
+
+
+def map_here(fn: Callable[..., Any], shared: tuple, per_task: list[tuple]) -> Iterator[Any]:
+    """``fn(*shared, *args)`` for each args, in order, in this process (an engine maps them elsewhere)."""
+    return (fn(*shared, *args) for args in per_task)
+
+
+def _as_ivf(index: Any) -> Any:
+    """The IVF index, from the object or from its serialisation (what a remote task receives)."""
+    import faiss
+
+    if isinstance(index, (bytes, np.ndarray)):  # read_index's result is already of its own class, and owns it
+        return faiss.deserialize_index(np.frombuffer(index, dtype=np.uint8) if isinstance(index, bytes) else index)
+    return index
+
+
+def assign_block(index: Any, vectors: ShardedMatrix | np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Pass 1 for rows ``start:stop``: the list of each row."""
+    block = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+    ivf = _as_ivf(index)  # held: its quantizer lives as long as it does
+    return ivf.quantizer.assign(block, 1).ravel().astype(np.int32)
+
+
+def encode_block(index: Any, vectors: ShardedMatrix | np.ndarray, start: int, stop: int,
+                 list_nos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 2 for rows ``start:stop``: (list numbers, ids, codes), sorted by list, row order within."""
+    import faiss
+
+    ivf = _as_ivf(index)
+    order = np.argsort(list_nos, kind="stable")  # by list, row order within
+    nos = list_nos[order].astype(np.int64)
+    block = np.ascontiguousarray(np.asarray(vectors[start:stop], dtype=np.float32)[order])
+    codes = np.empty((len(block), ivf.code_size), dtype=np.uint8)
+    ivf.encode_vectors(len(block), faiss.swig_ptr(block), faiss.swig_ptr(nos), faiss.swig_ptr(codes), False)
+    return nos, order.astype(np.int64) + start, codes
+
+
+def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.ndarray, *,
+                   map_blocks: MapBlocks | None = None) -> np.ndarray:
     """Write ``index`` (trained, empty) filled with every row of ``vectors`` (faiss id == row) to ``path``.
 
     Rows keep their order within each list, as ``index.add`` keeps them, so
     the file equals ``faiss.write_index`` after ``add``. ``index`` itself
-    stays empty. Returns the list sizes.
+    stays empty. Returns the list sizes. ``map_blocks`` runs the two passes'
+    block work (``assign_block``, ``encode_block``) elsewhere, e.g. as Ray tasks
+    (``indexer.ray_engine``); the file is written here, the same bytes either way.
     """
     import faiss
 
     ivf = _ivf(index)
     n, cs = len(vectors), ivf.code_size
+    ranges = [(s, min(s + ENCODE_CHUNK, n)) for s in range(0, n, ENCODE_CHUNK)]
+    run = map_blocks or map_here
+    handle = index if map_blocks is None else faiss.serialize_index(index)  # a remote task gets the bytes
     list_nos = np.empty(n, dtype=np.int32)
-    for start, block in float_blocks(vectors, ENCODE_CHUNK):
-        list_nos[start:start + len(block)] = ivf.quantizer.assign(block, 1).ravel()
+    for (start, stop), nos in zip(ranges, run(assign_block, (handle, vectors), ranges)):
+        list_nos[start:stop] = nos
     sizes = np.bincount(list_nos, minlength=ivf.nlist).astype(np.int64)
     start_of = np.concatenate([[0], np.cumsum(sizes * (cs + _ID_BYTES))[:-1]]).astype(np.int64)
     head = _head(ivf, n) + _lists_block(ivf, sizes)
@@ -91,15 +136,8 @@ def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.nda
         f.write(head)
         f.truncate(len(head) + int(sizes.sum()) * (cs + _ID_BYTES))
         fd = f.fileno()
-        for start, block in float_blocks(vectors, ENCODE_CHUNK):
-            nos = list_nos[start:start + len(block)]
-            order = np.argsort(nos, kind="stable")  # by list, row order within
-            nos = nos[order].astype(np.int64)
-            ids = order.astype(np.int64) + start
-            block = np.ascontiguousarray(block[order])
-            codes = np.empty((len(block), cs), dtype=np.uint8)
-            ivf.encode_vectors(len(block), faiss.swig_ptr(block), faiss.swig_ptr(nos), faiss.swig_ptr(codes), False)
-            del block
+        work = [(start, stop, list_nos[start:stop]) for start, stop in ranges]
+        for nos, ids, codes in run(encode_block, (handle, vectors), work):
             cuts = np.concatenate([[0], np.flatnonzero(np.diff(nos)) + 1, [len(nos)]]).tolist()
             for a, b in zip(cuts[:-1], cuts[1:]):
                 list_no = int(nos[a])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,44 +22,67 @@ log = logging.getLogger(__name__)
 Encode = Callable[[list[str]], np.ndarray]
 
 
-def _shard_ok(path: Path, rows: int, dim: int) -> bool:
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``start:stop`` of the texts, embedded into ``path``."""
+
+    index: int
+    start: int
+    stop: int
+    path: Path
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(n: int, *, shard_size: int, folder: Path) -> list[Shard]:
+    return [Shard(s, start, min(start + shard_size, n), folder / f"{s:05d}.npy")
+            for s, start in enumerate(range(0, n, shard_size))]
+
+
+def shard_done(shard: Shard, dim: int) -> bool:
+    """A finished shard file is its own "done" marker: it exists with the right shape."""
     try:
-        arr = np.load(path, mmap_mode="r")
+        arr = np.load(shard.path, mmap_mode="r")
     except (OSError, ValueError):
         return False
-    return arr.shape == (rows, dim)
+    return arr.shape == (shard.rows, dim)
+
+
+def embed_shard(texts: Sequence[str] | pa.Array | pa.ChunkedArray, shard: Shard, *, encode: Encode, dim: int,
+                batch_size: int, dtype: np.dtype, on_rows: Callable[[int], None] | None = None) -> None:
+    """Embed rows ``shard.start:shard.stop`` of ``texts`` in batches sorted by length (less padding), put
+    them back in order and save the shard atomically. The same batches wherever it runs (locally or on
+    a worker), so the same vectors."""
+    part = texts[shard.start:shard.stop]
+    if not isinstance(part, list):  # an Arrow column: Python strings for this shard only
+        part = part.to_pylist() if hasattr(part, "to_pylist") else list(part)
+    order = np.argsort([-len(t) for t in part], kind="stable")
+    out = np.empty((shard.rows, dim), dtype=dtype)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        out[idx] = encode([part[i] for i in idx])
+        if on_rows:
+            on_rows(len(idx))
+    with atomic_path(shard.path) as tmp:
+        np.save(tmp, out)
 
 
 def embed_in_shards(texts: Sequence[str] | pa.Array | pa.ChunkedArray, *, encode: Encode, dim: int, folder: Path,
                     shard_size: int, batch_size: int, dtype: np.dtype, desc: str, progress: bool) -> list[Path]:
-    """Embed ``texts`` into ``folder/NNNNN.npy`` shards of ``shard_size`` rows, in text order.
-
-    Within a shard, texts are embedded in batches sorted by length (less
-    padding) and put back in order before saving.
-    """
+    """Embed ``texts`` into ``folder/NNNNN.npy`` shards of ``shard_size`` rows, in text order, in this
+    process (``indexer.ray_engine`` spreads the same shards over a cluster); finished shards are skipped."""
     folder.mkdir(parents=True, exist_ok=True)
-    n = len(texts)
-    paths = []
-    with progress_bar(total=n, desc=desc, enabled=progress) as bar:
-        for s, start in enumerate(range(0, n, shard_size)):
-            stop = min(start + shard_size, n)
-            path = folder / f"{s:05d}.npy"
-            paths.append(path)
-            if _shard_ok(path, stop - start, dim):
-                bar.update(stop - start)
+    shards = plan_shards(len(texts), shard_size=shard_size, folder=folder)
+    with progress_bar(total=len(texts), desc=desc, enabled=progress) as bar:
+        for shard in shards:
+            if shard_done(shard, dim):
+                bar.update(shard.rows)
                 continue
-            shard = texts[start:stop]
-            if not isinstance(shard, list):  # an Arrow column: Python strings for this shard only
-                shard = shard.to_pylist() if hasattr(shard, "to_pylist") else list(shard)
-            order = np.argsort([-len(t) for t in shard], kind="stable")
-            out = np.empty((stop - start, dim), dtype=dtype)
-            for b in range(0, len(order), batch_size):
-                idx = order[b:b + batch_size]
-                out[idx] = encode([shard[i] for i in idx])
-                bar.update(len(idx))
-            with atomic_path(path) as tmp:
-                np.save(tmp, out)
-    return paths
+            embed_shard(texts, shard, encode=encode, dim=dim, batch_size=batch_size, dtype=dtype,
+                        on_rows=bar.update)
+    return [s.path for s in shards]
 
 
 class ShardedMatrix:

@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "the build writes IVF indexes to disk and does not hold them")
     b.add_argument("--clean", action="store_true",
                    help="discard the resumable work of an interrupted build into --out and start afresh")
+    eg = b.add_argument_group("engine")
+    eg.add_argument("--engine", choices=("local", "ray"), default=default(BuildConfig, "engine"),
+                    help="where embedding and the IVF block work run: this process, or Ray "
+                         "(pip install 'nearest-prompt[ray]'); the store is the same")
+    eg.add_argument("--ray-address", default=None, metavar="auto|ray://HOST:PORT",
+                    help="join this Ray cluster (default: start a local Ray runtime)")
+    eg.add_argument("--workers", type=positive_int, default=None,
+                    help="Ray actors embedding at once (default: the cluster's CPUs, or GPUs / --gpus-per-worker)")
+    eg.add_argument("--gpus-per-worker", type=float, default=default(BuildConfig, "gpus_per_worker"),
+                    help="GPUs per Ray actor (each loads its models on its GPU)")
     add_model_args(b, building=True)
     add_common(b)
 
@@ -187,6 +197,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         near_dup_threshold=None if args.no_near_dedup else args.near_dup_threshold,
         batch_size=args.batch_size, shard_size=args.shard_size,
         index_type=args.index_type, memory_budget_gb=args.memory_budget,
+        engine=args.engine, ray_address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
     )
     result = indexer.build(args.prompts, args.out, config=config, device=args.device, progress=not args.quiet,
                            clean=args.clean)
