@@ -64,6 +64,11 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0):
+        quiet = not log.isEnabledFor(logging.DEBUG)
+        if quiet:  # Ray's own chatter (auth mode, progress-bar notices, deprecations) only with -v
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+            for name in ("ray", "ray.data"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         ray = _ray()
         self._started = not ray.is_initialized()
         if self._started:
@@ -96,7 +101,7 @@ class RayEngine:
                 items = [{"index": s.index, "start": s.start, "stop": s.stop, "path": str(s.path)} for s in todo]
                 ds = ray.data.from_items(items, override_num_blocks=len(items))
                 out = ds.map_batches(
-                    _EmbedActor, batch_size=1, concurrency=min(self.workers, len(todo)),
+                    _EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(todo))),
                     num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None,
                     fn_constructor_kwargs={"encoding": encoding.portable(), "prompts": str(prompts.path), "dim": dim,
                                            "batch_size": batch_size, "dtype": np.dtype(dtype).str},

@@ -4,8 +4,8 @@ running ``nearest-prompt serve`` with concurrent clients on loopback, in one run
     python scripts/bench_serve.py [--images 200] [--clients 16] [--arch ViT-B-32] [--store-rows 20000]
 
 CLIP: --arch with random weights (speed only), saved as local-dir:. Store: the first --store-rows
-prompts of the shared corpus with stand-in text vectors under that CLIP's identity (as
-bench_predict.py does). Images: the 7 competition images hard-linked to --images files.
+prompts of the shared corpus, real MiniLM vectors, stand-in CLIP text vectors under that CLIP's
+identity (only the image side is timed). Images: the 7 competition images hard-linked to --images files.
 Prints images/s of (a) the predict command (whole process: start-up, model load, images) and of its
 steady state (the same Retriever calls in one process after loading, batches of 16), (b) the service
 (--clients threads, one image per /predict request, after start-up), their ratios, the service's
@@ -26,8 +26,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_predict import link_images, make_store  # noqa: E402
+from bench_common import FakeClipText  # noqa: E402
+from bench_predict import link_images  # noqa: E402
 
+from devkit.paths import shared_data_dir  # noqa: E402
 from devkit.serve import Server  # noqa: E402
 
 RUNS = Path("runs/bench_serve")
@@ -44,6 +46,21 @@ def clip_dir(arch: str) -> Path:
         model = open_clip.create_model(arch, pretrained=None)
         save_local_dir(model, folder, model_cfg=open_clip.get_model_config(arch), random_weights=True)
     return folder
+
+
+def make_store(clip: Path, rows: int) -> Path:
+    """The first ``rows`` prompts of the shared corpus: the real MiniLM (the server loads it), stand-in
+    CLIP text vectors under the random CLIP's identity (only the image side is timed)."""
+    import indexer
+    from encoders.clip import load_clip, parse_clip_spec
+
+    out = RUNS / f"store_{clip.name}_{rows}"
+    if not (out / "manifest.json").exists():
+        info = load_clip(parse_clip_spec(f"local-dir:{clip}"), device="cpu").info
+        indexer.build([shared_data_dir() / "prompts" / "sd_prompts.parquet"], out,
+                      config=indexer.BuildConfig(limit=rows, near_dup_threshold=None, shard_size=rows),
+                      clip=FakeClipText(info=info), progress=False)
+    return out
 
 
 def batch_job(store: Path, images: Path, n: int, k: int) -> tuple[float, float]:
@@ -107,14 +124,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--arch", default="ViT-B-32")
-    ap.add_argument("--store-rows", type=int, default=20_000)
+    ap.add_argument("--store-rows", type=int, default=5_000)
     ap.add_argument("--k", type=int, default=100)
     a = ap.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
-    import bench_predict
-
-    bench_predict.RUNS = RUNS
-    store, _ = make_store(clip_dir(a.arch), a.store_rows, f"store_{a.arch}_{a.store_rows}")
+    store = make_store(clip_dir(a.arch), a.store_rows)
     paths = link_images(a.images, RUNS / f"images_{a.images}")
     whole, steady = batch_job(store, paths[0].parent, a.images, a.k)
     sv = service(store, paths, a.clients, a.k)
