@@ -64,12 +64,10 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0):
-        quiet = not log.isEnabledFor(logging.DEBUG)
-        if quiet:  # Ray's own chatter (auth mode, progress-bar notices, deprecations) only with -v
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-            for name in ("ray", "ray.data"):
-                logging.getLogger(name).setLevel(logging.ERROR)
         ray = _ray()
+        if not log.isEnabledFor(logging.DEBUG):  # Ray's own chatter (auth mode, dataset notices) only with -v
+            for name in ("ray", "ray.data"):  # after the import: importing ray sets these loggers up
+                logging.getLogger(name).setLevel(logging.ERROR)
         self._started = not ray.is_initialized()
         if self._started:
             os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
