@@ -124,6 +124,8 @@ class Service:
             return np.stack(await self.batcher.submit((kind, r), items))
         except QueueFull as e:
             raise ClientError(503, f"the server is busy ({e}); retry in a moment", {"Retry-After": "1"}) from None
+        except ValueError as e:  # a request larger than the whole queue
+            raise ClientError(413, str(e)) from None
 
     async def reload(self) -> Retriever:
         async with self._reload_lock:

@@ -63,6 +63,9 @@ class MicroBatcher:
     async def submit(self, key: Hashable, items: list[Any]) -> list[Any]:
         if not items:
             return []
+        if len(items) > self.queue_size:
+            raise ValueError(f"{len(items)} images in one request, more than this server queues at once "
+                             f"({self.queue_size}); send fewer per request")
         if self._waiting + len(items) > self.queue_size:
             raise QueueFull(f"{self._waiting} images are waiting for the encoder (limit {self.queue_size})")
         job = _Job(key, list(items), asyncio.get_running_loop().create_future())

@@ -205,6 +205,21 @@ def test_truncated_and_oversized_images(server, tmp_path):
         assert c.get("/health").status_code == 200
 
 
+def test_chunked_bodies_are_read_within_the_limit(server):
+    def chunks(data: bytes, size: int = 4096):
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+
+    body = json.dumps({"image": b64(IMAGES[0]), "k": 3}).encode()
+    with server.client() as c:
+        r = c.post("/query", content=chunks(body), headers={"content-type": "application/json"})
+        assert r.status_code == 200 and len(r.json()["neighbors"]) == 3
+        assert r.json() == c.post("/query", json={"image": b64(IMAGES[0]), "k": 3}).json()
+        big = b'{"text": "' + b"x" * (21 << 20) + b'"}'
+        r = c.post("/query", content=chunks(big, 1 << 20), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
 def test_metrics_show_requests_latency_and_batches(server):
     with server.client() as c:
         c.post("/query", json={"text": "a cat", "k": 2})
@@ -367,6 +382,8 @@ def test_full_queue_answers_503_with_retry_after(cli_store_path, tmp_path):
         assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
         with s.client() as c:
             assert c.get("/health").status_code == 200
+            r = c.post("/predict", json={"images": [b64(IMAGES[0])] * 3, "k": 3})  # more than the whole queue
+            assert r.status_code == 413 and "send fewer per request" in r.json()["error"]
     finally:
         assert s.stop() in GRACEFUL
 
