@@ -32,7 +32,7 @@ def slice_file(tmp_path_factory):
     return path
 
 
-def _same_store(a, b):
+def _same_store(a, b, clip_encoder):
     sa, sb = index_store.open_store(a), index_store.open_store(b)
     assert sa.rows == sb.rows and sa.prompts(range(sa.rows)) == sb.prompts(range(sb.rows))
     assert sa.table.column("id").to_pylist() == sb.table.column("id").to_pylist()
@@ -41,8 +41,7 @@ def _same_store(a, b):
     x, y = (s.indexes["clip"].reconstruct_n(0, s.rows) for s in (sa, sb))
     # the CLIP text tower on 1 thread per actor vs 2 threads here: float rounding only
     assert np.abs(x - y).max() < 1e-6
-    queries = sa.indexes["clip"].reconstruct_n(0, 200) + 0.05
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    queries = clip_encoder.encode_text(corpus_slice(200, offset=9000))  # 200 text queries, not in the slice
     assert (sa.indexes["clip"].search(queries, 10)[1] == sb.indexes["clip"].search(queries, 10)[1]).all()
     return sa, sb
 
@@ -52,7 +51,7 @@ def test_ray_build_equals_local_build(ray_runtime, slice_file, tmp_path, build_c
     local = indexer.build([slice_file], tmp_path / "local", config=cfg, minilm=minilm, progress=False)
     remote = indexer.build([slice_file], tmp_path / "ray", config=replace(cfg, engine="ray"), progress=False)
     assert local.stats == remote.stats
-    _same_store(tmp_path / "local", tmp_path / "ray")
+    _same_store(tmp_path / "local", tmp_path / "ray", clip_encoder)
     assert not (tmp_path / ".ray.build").exists()
 
 
@@ -79,7 +78,7 @@ def test_distributed_ivf_writer_writes_the_same_bytes(ray_runtime, tmp_path, rng
 
 
 def test_a_worker_killed_mid_job_changes_nothing(ray_runtime, slice_file, tmp_path, build_config, clip_spec,
-                                                 minilm):
+                                                 clip_encoder, minilm):
     from devkit.faults import DyingOnceClip
 
     cfg = replace(build_config, shard_size=64, engine="ray", near_dup_threshold=None)
@@ -90,7 +89,7 @@ def test_a_worker_killed_mid_job_changes_nothing(ray_runtime, slice_file, tmp_pa
     assert not marker.exists()  # a worker did die
     indexer.build([slice_file], tmp_path / "whole", config=replace(cfg, engine="local"), minilm=minilm,
                   progress=False)
-    _same_store(tmp_path / "whole", tmp_path / "killed")
+    _same_store(tmp_path / "whole", tmp_path / "killed", clip_encoder)
 
 
 def test_engine_ray_without_ray_says_how_to_install(monkeypatch, capsys, tmp_path, clip_spec):
