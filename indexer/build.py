@@ -170,6 +170,8 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
             plan = plan_index(len(kept), matrix.dim, index_type=config.index_type, memory_budget_gb=budgets[space])
             indexes[space] = IndexInfo.from_dict(build_index(matrix, plan, path=writer.index_path(space),
                                                              seed=config.seed, map_blocks=engine.map_blocks))
+            log.info("%s index: %s %s over %d vectors, recall@10 vs exact %.3f", space, plan.type,
+                     indexes[space].params, len(kept), indexes[space].recall_at_10)
             del matrix
             _return_free_memory()
         _stage("commit")

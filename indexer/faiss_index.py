@@ -158,7 +158,7 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
         faiss.write_index(index, str(path))
     info = {"type": plan.type, "params": params, "factory": type(index).__name__, "metric": "inner_product",
             "dim": d, "ntotal": int(n), "recall_at_10": round(recall, 4)}
-    log.info("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
+    log.debug("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
     if recall < TARGET_RECALL:
         finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(plan.type)
         log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
