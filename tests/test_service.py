@@ -337,7 +337,20 @@ def test_token_reload_and_graceful_shutdown(tmp_path, clip_spec, capsys):
             corpus.write_text("\n".join(corpus_slice(30, offset=7000)) + "\n")
             assert run(capsys, "build", "--prompts", corpus, "--out", out, "--clip", clip_spec, "--no-near-dedup",
                        "-q")[0] == 0
+            old_prompt = corpus_slice(25, offset=6000)[5]  # only in the store being served
+            in_flight = []
+
+            def ask_old() -> None:
+                with s.client() as c2:  # waits up to 1.5 s in the batcher, on the store it started with
+                    in_flight.append(c2.post("/query", headers=auth, json={"text": old_prompt, "k": 1}).json())
+
+            t = threading.Thread(target=ask_old)
+            t.start()
+            time.sleep(0.3)
             s.signal(signal.SIGHUP)
+            t.join(60)
+            assert in_flight[0]["neighbors"][0]["prompt"] == old_prompt  # finished on the old store
+            assert in_flight[0]["neighbors"][0]["score"] == pytest.approx(1.0, abs=1e-4)
             deadline = time.monotonic() + 30
             while c.get("/health").json()["rows"] != 30 and time.monotonic() < deadline:
                 time.sleep(0.2)
