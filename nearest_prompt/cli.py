@@ -348,9 +348,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
-    if args.clip or args.pretrained:
-        raise InputError("serve loads the CLIP model recorded in the store; move its weights back, or rebuild")
     serve(ServeSettings(index=args.index, host=args.host, port=args.port, token=args.token, max_batch=args.max_batch,
+                        clip=args.clip, pretrained=args.pretrained,
                         max_wait_ms=args.max_wait_ms, workers=args.workers,
                         max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels,
                         queue_size=args.queue_size, timeout_s=args.timeout, allow_image_urls=args.allow_image_urls,

@@ -74,7 +74,7 @@ class ClientError(Exception):
 def open_served(settings: ServeSettings, *, reuse: Retriever | None = None) -> Retriever:
     """Open and validate the store, load its models (reusing ``reuse``'s CLIP when it is the same model),
     and run a probe search: what start-up and reload both do before anything is served from it."""
-    r = Retriever.open(settings.index, device=settings.device)
+    r = Retriever.open(settings.index, clip=settings.clip, pretrained=settings.pretrained, device=settings.device)
     if reuse is not None and r.store.clip_info.mismatch(reuse.clip.info) is None:
         r = Retriever(r.store, clip=reuse.clip, minilm=reuse.minilm, device=settings.device)
     r.use_search_backend(settings.search_backend)

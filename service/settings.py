@@ -31,6 +31,8 @@ class ServeSettings:
     allow_image_urls: bool = False  # clip back's image_url: fetching URLs for strangers is an SSRF hole
     device: str | None = None
     search_backend: str = "auto"
+    clip: str | None = None  # where to find a copy of the store's CLIP weights (as query's --clip)
+    pretrained: str | None = None
     name: str | None = None  # the index's name in the clip back protocol (default: the folder's name)
 
     def validate(self) -> ServeSettings:

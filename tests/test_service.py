@@ -408,4 +408,8 @@ def test_serve_refuses_bad_options_in_one_line(capsys, tmp_path, cli_store_path)
     assert_one_line_error(code, err, "--index: ")
     code, _, err = run(capsys, "serve", "--index", cli_store_path, "--token", "short")
     assert_one_line_error(code, err, "--token: token must have at least 8 characters")
+    code, _, err = run(capsys, "serve", "--index", tmp_path, "--port", "1")
+    assert_one_line_error(code, err, "no manifest.json")  # the store is opened before any port is
+    code, _, err = run(capsys, "serve", "--index", cli_store_path, "--clip", f"local-dir:{tmp_path / 'gone'}")
+    assert_one_line_error(code, err, "--clip: ")
     assert json.loads(json.dumps({"ok": True}))  # the commands above started no server
