@@ -37,7 +37,8 @@ from index_store import SPACES, IndexInfo, Manifest
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
 from .disk import check_free_space, corpus_size, estimate
-from .engine import TextEncoding, open_engine
+from .encoding import TextEncoding
+from .engine import open_engine
 from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .prompt_file import PromptFile, write_prompt_file

@@ -25,7 +25,7 @@ import numpy as np
 from common.errors import InputError
 from common.progress import progress_bar
 
-from .engine import TextEncoding, encode_fn
+from .encoding import TextEncoding, encode_fn
 from .prompt_file import PromptFile
 from .shards import Shard, embed_shard, plan_shards, shard_done
 

@@ -2,6 +2,7 @@
 
 An adapter like the CLI (the top floor): it parses requests, calls ``retriever`` and prints JSON.
 ``settings`` (options), ``batcher`` (requests share one CLIP forward pass), ``schemas`` (request and
-response models, the OpenAPI document), ``app`` (routes, limits, errors, metrics, reload), ``server``
-(uvicorn, signals), ``static/`` (the page).
+response models, the OpenAPI document), ``parsing`` (JSON or multipart bodies, images, one-line client
+errors), ``metrics`` (Prometheus), ``app`` (routes, limits, errors, reload), ``server`` (uvicorn,
+signals), ``static/`` (the page).
 """

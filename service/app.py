@@ -8,10 +8,7 @@ validates it with a probe search, and swaps it in: requests in flight finish on 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,21 +21,28 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import InputError, NearestPromptError, StoreError
-from encoders.images import load_image
 from retriever import Retriever
 from retriever.search import check_k
 from retriever.weighting import Weighting
 
 from .batcher import MicroBatcher, QueueFull
+from .metrics import Metrics
+from .parsing import (
+    ClientError,
+    b64_image,
+    decode_images,
+    neighbors_of,
+    parse_body,
+    unit_embedding,
+    validation_message,
+)
 from .schemas import (
-    MAX_IMAGES,
     ErrorResponse,
     HealthResponse,
     KnnRequest,
@@ -64,12 +68,6 @@ ERRORS = {400: {"model": ErrorResponse, "description": "bad request"},
           503: {"model": ErrorResponse, "description": "queue full or request timed out; retry later"}}
 
 
-class ClientError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers
-
-
 # -- the served store ------------------------------------------------------------------------------------------
 def open_served(settings: ServeSettings, *, reuse: Retriever | None = None) -> Retriever:
     """Open and validate the store, load its models (reusing ``reuse``'s CLIP when it is the same model),
@@ -82,21 +80,6 @@ def open_served(settings: ServeSettings, *, reuse: Retriever | None = None) -> R
     r.search(probe, k=1)
     r.minilm  # noqa: B018 - loaded now: caption fusion and MiniLM queries need it
     return r
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("nearest_prompt_requests", "requests by endpoint and status",
-                                ["endpoint", "status"], registry=self.registry)
-        self.errors = Counter("nearest_prompt_errors", "4xx and 5xx answers by endpoint", ["endpoint"],
-                              registry=self.registry)
-        self.latency = Histogram("nearest_prompt_request_seconds", "request latency by endpoint", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
-        self.batch = Histogram("nearest_prompt_batch_size", "items per encoder forward pass", registry=self.registry,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.queue = Gauge("nearest_prompt_queue_depth", "items waiting for the encoder", registry=self.registry)
 
 
 class Service:
@@ -134,96 +117,6 @@ class Service:
             self.retriever = new
             log.info("reloaded %s: %d prompts", self.settings.index, new.rows)
             return new
-
-
-# -- request parsing ----------------------------------------------------------------------------------------------
-def b64_image(text: str, *, field: str) -> bytes:
-    if "," in text[:100] and text.startswith("data:"):
-        text = text.split(",", 1)[1]  # a data: URL, as a browser's FileReader gives
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ClientError(400, f"{field}: not valid base64; send the image file's bytes base64-encoded") from None
-    if not data:
-        raise ClientError(400, f"{field}: empty image")
-    return data
-
-
-def validation_message(e: ValidationError | RequestValidationError) -> str:
-    first = e.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{where}: {first.get('msg', 'invalid')}{more}"
-
-
-async def parse_body(request: Request, model: type[BaseModel], *, file_field: str,
-                     many: bool) -> tuple[Any, list[bytes]]:
-    """A JSON body (images base64 inside), or multipart form data (image files in ``file_field``, options as
-    form fields): the validated model and the raw image bytes of a multipart request."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=MAX_IMAGES, max_fields=100)
-        except Exception as e:  # noqa: BLE001 - python-multipart's many parse errors
-            raise ClientError(400, f"malformed multipart body ({str(e)[:120]})") from None
-        files: list[bytes] = []
-        fields: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != file_field:
-                    raise ClientError(422, f"{key}: unknown file field; send images as {file_field!r}")
-                files.append(await value.read())
-            elif key in fields:
-                raise ClientError(422, f"{key}: given more than once")
-            else:
-                fields[key] = json.loads(value) if key == "captions" and value.startswith("[") else value
-        if not files:
-            raise ClientError(400, f"no image: send the file in the form field {file_field!r}")
-        if not many and len(files) > 1:
-            raise ClientError(400, f"one image per request here, got {len(files)}")
-        placeholder = {"images": ["-"] * len(files)} if many else {"image": "-"}
-        try:
-            return model.model_validate({**fields, **placeholder}), files
-        except ValidationError as e:
-            raise ClientError(422, validation_message(e)) from None
-    body = await request.body()
-    if not body.strip():
-        raise ClientError(400, "empty body: send JSON (or multipart form data with an image file)")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ClientError(400, "the body is not valid JSON") from None
-    try:
-        return model.model_validate(data), []
-    except ValidationError as e:
-        raise ClientError(422, validation_message(e)) from None
-
-
-async def decode_images(blobs: list[bytes], settings: ServeSettings) -> list[Any]:
-    def decode(data: bytes) -> Any:
-        return load_image(data, max_pixels=settings.max_pixels)
-
-    try:
-        return [await run_in_threadpool(decode, b) for b in blobs]
-    except InputError as e:
-        status = 413 if e.param == "max_pixels" else 400
-        raise ClientError(status, str(e).replace("max_pixels", "the server's --max-pixels")) from None
-
-
-def neighbors_of(r: Retriever, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-    valid = ids >= 0
-    return [{"id": int(i), "prompt": p, "score": float(s)}
-            for i, s, p in zip(ids[valid], scores[valid], r.prompts(ids[valid]))]
-
-
-def unit_embedding(values: list[float], dim: int, *, field: str) -> np.ndarray:
-    v = np.asarray(values, dtype=np.float32)
-    if v.shape != (dim,):
-        raise ClientError(400, f"{field}: {len(values)} numbers, the index's CLIP space has {dim}")
-    norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else float("nan")
-    if not norm > 0 or not np.isfinite(norm):
-        raise ClientError(400, f"{field}: must be finite and not all zero")
-    return (v / norm)[None]
 
 
 # -- the app ----------------------------------------------------------------------------------------------------
