@@ -413,3 +413,15 @@ def test_serve_refuses_bad_options_in_one_line(capsys, tmp_path, cli_store_path)
     code, _, err = run(capsys, "serve", "--index", cli_store_path, "--clip", f"local-dir:{tmp_path / 'gone'}")
     assert_one_line_error(code, err, "--clip: ")
     assert json.loads(json.dumps({"ok": True}))  # the commands above started no server
+
+
+def test_several_worker_processes_serve_the_same_answers(cli_store_path, tmp_path):
+    need_data()
+    s = Server(cli_store_path, "--workers", "2", log=tmp_path / "server.log")
+    try:
+        with s.client() as c:
+            answers = {json.dumps(c.post("/query", json={"text": "a castle on a hill", "k": 3}).json())
+                       for _ in range(6)}
+        assert len(answers) == 1 and len(json.loads(answers.pop())["neighbors"]) == 3
+    finally:
+        assert s.stop() in GRACEFUL
