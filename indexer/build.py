@@ -132,8 +132,8 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     _stage("read")
     prompts, clean_stats = _read_stage(work.path, sources, config, progress)
     timings["read"] = time.perf_counter() - t0
-    check_space(len(prompts), prompts.path.stat().st_size)  # now with the exact count
     totals.update(minilm=-(-len(prompts) // config.shard_size), clip=-(-len(prompts) // config.shard_size))
+    check_space(len(prompts), prompts.path.stat().st_size)  # now with the exact count
 
     _stage("minilm")
     t = time.perf_counter()

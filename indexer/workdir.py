@@ -113,12 +113,13 @@ class WorkDir:
         if not self.resumable_files():
             self.remove()
             return "nothing was kept"
-        counts = self.shard_counts()
-        done = sum(counts.values())
+        done = sum(self.shard_counts().values())
         total = sum(shard_totals.get(k, 0) for k in ("minilm", "clip")) or done
+        kept = [what for what, present in (("the deduplicated prompts", (self.path / "prompts.arrow").is_file()),
+                                           (f"{done} of {total} embedding shards", total > 0)) if present]
         bytes_kept = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        return (f"resumable: {done} of {total} embedding shards ({bytes_kept / 2**20:.1f} MiB) kept in "
-                f"{self.path}; run the same build again to continue, or build with clean (--clean) to start afresh")
+        return (f"resumable: {' and '.join(kept)} ({bytes_kept / 2**20:.1f} MiB) kept in {self.path}; run the "
+                "same build again to continue, or build with clean (--clean) to start afresh")
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

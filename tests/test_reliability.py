@@ -131,7 +131,7 @@ def test_failed_build_keeps_only_resumable_shards_and_says_so(tmp_path, build_co
         indexer.build([small_corpus(tmp_path, 300, offset=900)], out, config=build_config,
                       clip=FailingEncoder(clip_encoder, 4), minilm=minilm, progress=False)
     work = tmp_path / ".store.build"
-    assert "build failed; resumable: 4 of 6 embedding shards" in caplog.text and str(work) in caplog.text
+    assert "build failed; resumable: the deduplicated prompts and 4 of 6 embedding shards" in caplog.text and str(work) in caplog.text
     assert sorted(p.name for p in work.iterdir()) == sorted(
         ["lock", "state.json", "prompts.arrow", "clean_stats.json", "minilm", "clip", "keep.npy"]
         + (["kept.arrow"] if (work / "kept.arrow").exists() else []))
@@ -189,7 +189,7 @@ def test_disk_full_while_writing_is_one_line_naming_what_was_kept(capsys, tmp_pa
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 30), "--out", tmp_path / "s", "--clip",
                        clip_spec, "--shard-size", 16, "-q")
     assert_one_line_error(code, err, "--out: the disk filled up writing")
-    assert "clip.faiss" in err and "resumable: 4 of 4 embedding shards" in err
+    assert "clip.faiss" in err and "resumable: the deduplicated prompts and 4 of 4 embedding shards" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == [".s.build", "c.txt"]
 
 
@@ -437,3 +437,34 @@ def test_a_store_of_another_format_version_is_still_a_store_to_rebuild(store_dir
     assert index_store.is_store(old)  # replaceable by a build
     with pytest.raises(StoreError, match="format version 0 is not supported"):
         index_store.open_store(old)  # but not readable
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs), where this machine lets the tests mount one (root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_disk_that_fills_anyway_is_one_line(capsys, small_disk, tmp_path, clip_spec, monkeypatch):
+    """The free-space check switched off, so that a real disk fills mid-build."""
+    monkeypatch.setattr(sys.modules["indexer.build"], "check_free_space", lambda *a, **kw: None)
+    corpus = small_corpus(tmp_path, 400, offset=100)
+    code, _, err = run(capsys, "build", "--prompts", corpus, "--out", small_disk / "s", "--clip", clip_spec,
+                       "--shard-size", 100, "-q")
+    assert_one_line_error(code, err, "--out: the disk filled up writing")
+    assert not (small_disk / "s").exists() and not list(small_disk.glob(".s.tmp-*"))
+
+
+def test_faiss_write_errors_count_as_a_full_disk():
+    from indexer.build import _disk_full
+
+    assert _disk_full(RuntimeError("Error in faiss::BufferedIOWriter: write error (No space left on device)"))
+    assert _disk_full(OSError(28, "No space left on device", "/x/clip.faiss")) == "/x/clip.faiss"
+    assert _disk_full(RuntimeError("something else")) is None
