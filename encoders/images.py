@@ -42,7 +42,7 @@ def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX
         path = Path(path)
         source = path
     try:
-        with _our_limit_only(), Image.open(source) as im:
+        with _pillow_cap(max_pixels), Image.open(source) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(_bomb_message(path, w, h, max_pixels), param="max_pixels")
@@ -51,9 +51,9 @@ def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX
             return to_rgb(im)
     except InputError:
         raise
-    except Image.DecompressionBombError as e:  # a frame larger than the header said
-        raise InputError(f"{path}: refused as a decompression bomb ({e}); raise max_pixels if the image is "
-                         "genuine", param="max_pixels") from e
+    except Image.DecompressionBombError as e:  # Pillow's check at max_pixels: over twice it, frames included
+        raise InputError(f"{path}: over the limit of {max_pixels:,} pixels (a guard against decompression bombs: "
+                         f"{e}); resize the image, or raise max_pixels if it is genuine", param="max_pixels") from e
     except FileNotFoundError as e:
         raise InputError(f"{path}: no such file") from e
     except IsADirectoryError as e:
@@ -69,12 +69,14 @@ def _bomb_message(path: Path, w: int, h: int, max_pixels: int) -> str:
 
 
 @contextmanager
-def _our_limit_only() -> Iterator[None]:
-    """Pillow's own bomb cap off while we open an image: ``max_pixels`` is checked against the header
-    before anything is decoded, and it alone decides (Pillow's fixed cap could not be raised by it)."""
+def _pillow_cap(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's own decompression-bomb cap set to ``max_pixels`` while an image is opened and decoded, so
+    that ``max_pixels`` governs both checks: ours on the header, and Pillow's, which refuses images (and
+    animation frames) over twice the cap. ``None`` switches Pillow's off where only a header is read and
+    our own check follows."""
     with _CAP_LOCK:
         old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+        Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             with warnings.catch_warnings():  # our own limit applies; Pillow's warning would be noise
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -186,7 +188,7 @@ def collect_images(args: Iterable[str | os.PathLike], *, max_pixels: int = DEFAU
 def _header_problem(path: Path, max_pixels: int) -> str | None:
     """A cheap check of the header; full decoding errors surface in ``load_image``."""
     try:
-        with _our_limit_only(), Image.open(path) as im:  # the header only; the check is ours, below
+        with _pillow_cap(None), Image.open(path) as im:  # the header only; the check is ours, below
             w, h = im.size
     except Exception as e:
         return f"not an image ({type(e).__name__})"

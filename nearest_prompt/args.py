@@ -83,7 +83,7 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse larger images as decompression bombs (replaces Pillow's own cap)")
+                   help="refuse larger images as decompression bombs (Pillow's own check runs at the same limit)")
     p.add_argument("--recursive", action="store_true", help="also read images in the subfolders of folders")
 
 
