@@ -60,15 +60,21 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def existing_folder(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (where a new file would land)."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def check_writable(path: str | os.PathLike, *, param: str = "out") -> Path:
     """Refuse, before any work, an output file that cannot be written: a directory, or a folder (or its
     nearest existing ancestor, the folder being created later) that this user cannot write to."""
     path = Path(path).expanduser().absolute()
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a file name", param=param)
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = existing_folder(path.parent)
     if not folder.is_dir():
         raise InputError(f"cannot write {path}: {folder} is not a directory", param=param)
     probe = temp_sibling(folder / path.name)

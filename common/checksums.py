@@ -26,14 +26,6 @@ def weights_fingerprint(path: str | os.PathLike) -> str:
     return "edges-sha256:" + h.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike, *, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_digests(path: str | os.PathLike, *, block_bytes: int, chunk: int = 8 << 20) -> tuple[str, list[str]]:
     """One read of the file: its sha256, and the sha256 of each ``block_bytes`` block (the last one shorter)."""
     if block_bytes % chunk:

@@ -20,7 +20,6 @@ from common.errors import InputError
 from .submission import ids_path, read_submission, write_npy, write_submission
 
 IMAGE_COLUMNS = ("image", "imgId", "path", "file", "image_path", "filename", "id")
-PROMPT_COLUMNS = ("prompt",)
 CAPTION_COLUMNS = ("caption", "prompt", "text")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 PREDICTION_SUFFIXES = (".csv", ".npy")
@@ -64,8 +63,8 @@ def read_table(path: str | Path, *, param: str, roles: dict[str, Sequence[str]])
         columns[role] = found
     if not rows:
         raise InputError(f"{path}: no rows below the header", param=param)
-    if any(None in r or any(v is None for v in r.values()) for r in rows):
-        bad = next(i for i, r in enumerate(rows) if None in r or any(v is None for v in r.values()))
+    bad = next((i for i, r in enumerate(rows) if None in r or None in r.values()), None)
+    if bad is not None:  # DictReader's marks of a row longer (None key) or shorter (None value) than the header
         raise InputError(f"{path}: row {bad + 1} does not have as many fields as the header", param=param)
     return Table(path, columns, rows)
 

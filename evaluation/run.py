@@ -13,7 +13,6 @@ import numpy as np
 from common.atomic import atomic_path, write_bytes_atomic
 from common.errors import InputError
 from common.text import dedup_keys, first_clause
-from encoders.images import ImageSet
 from retriever import Retriever
 from retriever.search import check_k
 from retriever.weighting import Weighting
@@ -59,7 +58,7 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
     if route == "pairs":
         if images is None or len(images) != len(prompts):
             raise InputError("the pairs route needs one image per prompt", param="images")
-        emb = r.embed_images(ImageSet(list(images), [], list(images)), progress=progress)
+        emb = r.embed_images(list(images), progress=progress)  # named files: any failure is an error
         methods = neighbour_methods(r.search(emb.vectors, k=k), minilm, truth, weightings)
     elif route == "text-oracle":
         methods = text_oracle_methods(truth, dedup_keys(prompts), index=minilm_index, minilm=minilm,

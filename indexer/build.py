@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,9 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     encodings = {"minilm": TextEncoding("minilm", minilm_spec, device, minilm),
                  "clip": TextEncoding("clip", clip_spec, device, clip)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _engine(config) as engine, WorkDir(out) as work:
+    engine = open_engine(config.engine, address=config.ray_address, workers=config.workers,
+                         gpus_per_worker=config.gpus_per_worker)
+    with closing(engine), WorkDir(out) as work:
         for orphan in index_store.orphans(out):
             log.info("removing %s, left by a build that was killed", orphan)
             shutil.rmtree(orphan, ignore_errors=True)
@@ -104,16 +106,6 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
             raise
 
 
-@contextmanager
-def _engine(config: BuildConfig) -> Iterator[Any]:
-    engine = open_engine(config.engine, address=config.ray_address, workers=config.workers,
-                         gpus_per_worker=config.gpus_per_worker)
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
 def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConfig, clip: ClipEncoder,
            minilm: MiniLMEncoder, progress: bool, totals: dict[str, int], engine: Any,
            encodings: dict[str, TextEncoding]) -> BuildResult:
@@ -125,8 +117,8 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     def check_space(rows: int, text_bytes: int) -> None:
         index_bytes = sum(plan_index(rows, dims[s], index_type=config.index_type,
                                      memory_budget_gb=budgets[s]).estimated_bytes(rows, dims[s]) for s in SPACES)
-        done = sum(p.stat().st_size for p in work.path.rglob("*") if p.is_file())
-        check_free_space(out, estimate(rows, text_bytes, clip_dim=clip.dim, index_bytes=index_bytes), already=done)
+        check_free_space(out, estimate(rows, text_bytes, clip_dim=clip.dim, index_bytes=index_bytes),
+                         already=work.size_bytes())
 
     check_space(*corpus_size(sources, limit=config.limit))
     _stage("read")

@@ -7,7 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.atomic import existing_folder
 from common.errors import InputError
+from common.sizes import format_bytes
 
 from .readers import Source
 
@@ -60,19 +62,11 @@ def estimate(rows: int, text_bytes: int, *, clip_dim: int, index_bytes: int) -> 
 def check_free_space(out: Path, need: DiskEstimate, *, already: int = 0) -> None:
     """Refuse, with the numbers, when the disk of ``out`` has less free than ``need`` (less ``already``,
     the bytes of resumed work that are on disk already)."""
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = existing_folder(out.parent)
     free = shutil.disk_usage(folder).free
     required = max(0, need.total - already)
     if free < required:
         raise InputError(
-            f"not enough free space for {out}: the build needs about {gib(required)} (work folder "
-            f"{gib(need.work_bytes)}, store {gib(need.store_bytes)}, for {need.rows:,} prompts) and "
-            f"{folder} has {gib(free)} free; free some space or build on another disk", param="out")
-
-
-def gib(n: float) -> str:
-    if n >= 2**30 / 10:
-        return f"{n / 2**30:.2f} GiB"
-    return f"{n / 2**20:.1f} MiB" if n >= 2**20 / 10 else f"{n / 2**10:.1f} KiB"
+            f"not enough free space for {out}: the build needs about {format_bytes(required)} (work folder "
+            f"{format_bytes(need.work_bytes)}, store {format_bytes(need.store_bytes)}, for {need.rows:,} prompts) "
+            f"and {folder} has {format_bytes(free)} free; free some space or build on another disk", param="out")

@@ -114,17 +114,15 @@ def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.nda
     the file equals ``faiss.write_index`` after ``add``. ``index`` itself
     stays empty. Returns the list sizes. ``map_blocks`` runs the two passes'
     block work (``assign_block``, ``encode_block``) elsewhere, e.g. as Ray tasks
-    (``indexer.ray_engine``); the file is written here, the same bytes either way.
+    (``indexer.ray_engine``, which ships the index serialised); the file is written here, the same bytes
+    either way.
     """
-    import faiss
-
     ivf = _ivf(index)
     n, cs = len(vectors), ivf.code_size
     ranges = [(s, min(s + ENCODE_CHUNK, n)) for s in range(0, n, ENCODE_CHUNK)]
     run = map_blocks or map_here
-    handle = index if map_blocks is None else faiss.serialize_index(index)  # a remote task gets the bytes
     list_nos = np.empty(n, dtype=np.int32)
-    for (start, stop), nos in zip(ranges, run(assign_block, (handle, vectors), ranges)):
+    for (start, stop), nos in zip(ranges, run(assign_block, (index, vectors), ranges)):
         list_nos[start:stop] = nos
     sizes = np.bincount(list_nos, minlength=ivf.nlist).astype(np.int64)
     start_of = np.concatenate([[0], np.cumsum(sizes * (cs + _ID_BYTES))[:-1]]).astype(np.int64)
@@ -137,7 +135,7 @@ def write_ivf_file(path: str | Path, index: Any, vectors: ShardedMatrix | np.nda
         f.truncate(len(head) + int(sizes.sum()) * (cs + _ID_BYTES))
         fd = f.fileno()
         work = [(start, stop, list_nos[start:stop]) for start, stop in ranges]
-        for nos, ids, codes in run(encode_block, (handle, vectors), work):
+        for nos, ids, codes in run(encode_block, (index, vectors), work):
             cuts = np.concatenate([[0], np.flatnonzero(np.diff(nos)) + 1, [len(nos)]]).tolist()
             for a, b in zip(cuts[:-1], cuts[1:]):
                 list_no = int(nos[a])

@@ -60,6 +60,13 @@ class _EmbedActor:
         return {"rows": np.asarray(batch["stop"]) - np.asarray(batch["start"])}
 
 
+def _shippable(obj: Any) -> Any:
+    """A FAISS index as its serialisation (SWIG objects do not pickle; ``ivf_file`` reads either form)."""
+    import faiss
+
+    return faiss.serialize_index(obj) if isinstance(obj, faiss.Index) else obj
+
+
 class RayEngine:
     name = "ray"
 
@@ -116,7 +123,7 @@ class RayEngine:
     def map_blocks(self, fn: Callable[..., Any], shared: tuple, per_task: list[tuple]) -> Iterator[Any]:
         ray = _ray()
         remote = ray.remote(num_cpus=1, max_retries=3)(fn)
-        refs = [ray.put(x) for x in shared]
+        refs = [ray.put(_shippable(x)) for x in shared]
         window = max(1, IN_FLIGHT * self.workers)
         pending: list[Any] = []
         for args in per_task:

@@ -24,7 +24,8 @@ from common.errors import BusyError
 
 log = logging.getLogger(__name__)
 
-RESUMABLE = ("minilm", "clip", "prompts.arrow", "clean_stats.json", "keep.npy", "kept.arrow")
+RESUMABLE_FILES = ("prompts.arrow", "clean_stats.json", "keep.npy", "kept.arrow")
+SHARD_FOLDERS = ("minilm", "clip")
 
 
 class WorkDir:
@@ -79,12 +80,12 @@ class WorkDir:
         state = self.path / "state.json"
         try:
             if json.loads(state.read_text()).get("key") == key:
-                if self.resumable_files():
+                if self.has_resumable_work():
                     log.info("resuming the interrupted build in %s", self.path)
                 return
         except (OSError, ValueError):
             pass
-        if self.resumable_files():
+        if self.has_resumable_work():
             log.info("inputs or options changed since the interrupted build: starting over")
         self.clear()
         write_bytes_atomic(state, json.dumps({"key": key}).encode())
@@ -95,14 +96,16 @@ class WorkDir:
             if p.name != "lock":
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
-    def resumable_files(self) -> list[Path]:
-        return [p for name in RESUMABLE for p in sorted((self.path / name).glob("*.npy"))
-                if (self.path / name).is_dir()] + [self.path / n for n in RESUMABLE
-                                                   if (self.path / n).is_file()]
+    def has_resumable_work(self) -> bool:
+        return any((self.path / name).is_file() for name in RESUMABLE_FILES) or self.finished_shards() > 0
 
-    def shard_counts(self) -> dict[str, int]:
-        return {name: len(list((self.path / name).glob("[0-9]*.npy"))) for name in ("minilm", "clip")
-                if (self.path / name).is_dir()}
+    def finished_shards(self) -> int:
+        """Shard files in the shard folders (a shard file only ever appears whole)."""
+        return sum(len(list((self.path / name).glob("[0-9]*.npy"))) for name in SHARD_FOLDERS)
+
+    def size_bytes(self) -> int:
+        """What the folder holds on disk now."""
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
     def after_failure(self, *, shard_totals: dict[str, int]) -> str:
         """Remove what cannot be resumed (temporary files, and the whole folder if nothing can be) and say
@@ -110,15 +113,14 @@ class WorkDir:
         for p in list(self.path.rglob(".*.tmp*")):
             p.unlink(missing_ok=True)
         shutil.rmtree(self.path / "exact_dedup", ignore_errors=True)
-        if not self.resumable_files():
+        if not self.has_resumable_work():
             self.remove()
             return "nothing was kept"
-        done = sum(self.shard_counts().values())
-        total = sum(shard_totals.get(k, 0) for k in ("minilm", "clip")) or done
+        done = self.finished_shards()
+        total = sum(shard_totals.get(k, 0) for k in SHARD_FOLDERS) or done
         kept = [what for what, present in (("the deduplicated prompts", (self.path / "prompts.arrow").is_file()),
                                            (f"{done} of {total} embedding shards", total > 0)) if present]
-        bytes_kept = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
-        return (f"resumable: {' and '.join(kept)} ({bytes_kept / 2**20:.1f} MiB) kept in {self.path}; run the "
+        return (f"resumable: {' and '.join(kept)} ({self.size_bytes() / 2**20:.1f} MiB) kept in {self.path}; run the "
                 "same build again to continue, or build with clean (--clean) to start afresh")
 
     def remove(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.errors import InputError, NearestPromptError
+from common.sizes import format_bytes
 from common.text import printable
 from common.version import __version__, library_versions
 from service.settings import ServeSettings
@@ -252,7 +253,6 @@ def _escape_c1(text: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from common.atomic import check_writable
     from encoders.images import collect_images
@@ -287,34 +287,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
                      caption_space=args.caption_space)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_predictions(out, ids, pred.vectors)
-    top = np.where(pred.neighbors.valid[:, 0], pred.neighbors.scores[:, 0], np.nan)
-    written.append(write_confidence(confidence_path(out), ids, pred.confidence, top))
+    written.append(write_confidence(confidence_path(out), ids, pred.confidence, pred.top_score))
     print(f"wrote {len(ids)} prediction(s) to {', '.join(str(p) for p in written)}")
     report_skipped(emb.skipped)
     print_random_weights_note(r.store)
     return 0
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def cmd_info(args: argparse.Namespace) -> int:
-    from index_store import SPACES, open_store
-    from index_store.reader import is_memory_mapped
+    from index_store import open_store
 
     store = open_store(args.index, verify="full" if args.verify else "auto")
+    d = store.describe()
     if args.json:
-        print(json.dumps(store.describe(), indent=2))
+        print(json.dumps(d, indent=2))
         return 0
     m = store.manifest
-    total = sum(f.bytes for f in m.files.values())
-    rows = max(store.rows, 1)
-    mapped = {s: is_memory_mapped(store.indexes[s]) for s in SPACES}
     clip, mini = m.clip, m.minilm
     lines = [
         f"index store   {store.path}",
@@ -327,15 +315,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         *[f"{space + ' index':<14}{ix.type} ({ix.factory}) {ix.params or ''}  recall@10 vs exact {ix.recall_at_10}"
           for space, ix in m.indexes.items()],
         "files:",
-        *[f"  {name:<14}{_size(f.bytes):>12}" for name, f in m.files.items()],
-        f"  {'total':<14}{_size(total):>12}  ({total / rows:.0f} bytes per prompt)",
+        *[f"  {name:<14}{format_bytes(f.bytes):>12}" for name, f in m.files.items()],
+        f"  {'total':<14}{format_bytes(d['bytes_total']):>12}  ({d['bytes_per_prompt']:.0f} bytes per prompt)",
         "opened        " + ", ".join(f"{k} index {'memory-mapped' if v else 'read into memory'}"
-                                     for k, v in mapped.items()),
+                                     for k, v in d["memory_mapped"].items()),
         "build options: " + ", ".join(f"{k}={v}" for k, v in m.build.get("config", {}).items()),
         "build stats:   " + ", ".join(f"{k}={v}" for k, v in m.build.get("stats", {}).items()),
         "sources:       " + ", ".join(s["path"] for s in m.build.get("sources", [])),
         "built with:    " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
-        "running:       " + ", ".join(f"{k} {v}" for k, v in library_versions().items()),
+        "running:       " + ", ".join(f"{k} {v}" for k, v in d["running_versions"].items()),
         "checksums:     " + ("all verified, every block" if args.verify else
                              "sizes checked; files up to 256 MiB checksummed, one random 64 MiB block of "
                              "larger ones (--verify checks all)"),

@@ -55,6 +55,11 @@ class Prediction:
     confidence: np.ndarray  # float32 [n] in [0, 1]
     neighbors: Neighbors
 
+    @property
+    def top_score(self) -> np.ndarray:
+        """The best neighbour's similarity per query (NaN for a query without neighbours), for ensembles."""
+        return np.where(self.neighbors.valid[:, 0], self.neighbors.scores[:, 0], np.nan)
+
 
 def neighbor_weights(neighbors: Neighbors, weighting: Weighting) -> np.ndarray:
     """Non-negative float64 weights [n, k]; exactly 0 where ids == -1."""

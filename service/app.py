@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import InputError, NearestPromptError, StoreError
+from common.errors import NearestPromptError, StoreError
 from retriever import Retriever
 from retriever.search import check_k
 from retriever.weighting import Weighting
@@ -159,16 +159,17 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
                 if not hmac.compare_digest(sent.encode(), f"Bearer {settings.token}".encode()):
                     raise ClientError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
                                       {"WWW-Authenticate": "Bearer"})
+            too_large = ClientError(413, f"the body is over the limit of {settings.max_body_bytes} bytes")
             size = request.headers.get("content-length")
             if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-                raise ClientError(413, f"the body is over the limit of {settings.max_body_bytes} bytes")
+                raise too_large
             if request.method == "POST" and size is None:  # chunked: read it, within the limit
-                body = b""
+                body = bytearray()
                 async for chunk in request.stream():
                     body += chunk
                     if len(body) > settings.max_body_bytes:
-                        raise ClientError(413, f"the body is over the limit of {settings.max_body_bytes} bytes")
-                request._body = body  # noqa: SLF001 - starlette reads the cached body from here
+                        raise too_large
+                request._body = bytes(body)  # noqa: SLF001 - starlette reads the cached body from here
             response = await asyncio.wait_for(call_next(request), timeout=settings.timeout_s or None)
         except ClientError as e:
             response = error(e.status, str(e), e.headers)
@@ -238,7 +239,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         if len(given) != 1:
             raise ClientError(400, "give exactly one of image, text or embedding"
                                    + (f" (got {', '.join(given)})" if given else ""))
-        _check_k(req.k, r)
+        check_k(req.k, r.rows)
         image = None if req.image is None else files[0] if files else b64_image(req.image, field="image")
         vectors = await query_vector(r, text=req.text, image=image, embedding=req.embedding, field="embedding")
         nb = await run_in_threadpool(r.search, vectors, k=req.k)
@@ -249,7 +250,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
     async def predict(request: Request) -> dict[str, Any]:
         req, files = await parse_body(request, PredictRequest, file_field="image", many=True)
         r = current()
-        _check_k(req.k, r)
+        check_k(req.k, r.rows)
         if req.captions is not None and len(req.captions) != len(req.images):
             raise ClientError(400, f"captions: {len(req.captions)} for {len(req.images)} images; give one per "
                                    "image (null where there is none)")
@@ -258,9 +259,8 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         weighting = Weighting(scheme=req.weighting, power=req.power, eps=req.eps, temperature=req.temperature)
         pred = await run_in_threadpool(r.predict, vectors, k=req.k, weighting=weighting, captions=req.captions,
                                        caption_weight=req.caption_weight, caption_space=req.caption_space)
-        top = np.where(pred.neighbors.valid[:, 0], pred.neighbors.scores[:, 0], np.nan)
         return {"results": [{"vector": v.tolist(), "confidence": float(c), "top_score": None if np.isnan(t) else float(t)}
-                            for v, c, t in zip(pred.vectors, pred.confidence, top)], "note": r.store.note}
+                            for v, c, t in zip(pred.vectors, pred.confidence, pred.top_score)], "note": r.store.note}
 
     # -- clip-retrieval's clip back protocol --------------------------------------------------------------
     @app.get("/indices-list", response_model=list[str], responses=ERRORS, summary="clip back: the index names")
@@ -325,13 +325,6 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
-
-
-def _check_k(k: int, r: Retriever) -> None:
-    try:
-        check_k(k, r.rows)
-    except InputError as e:
-        raise ClientError(400, str(e)) from None
 
 
 def _check_index_name(name: str | None, settings: ServeSettings) -> None:
