@@ -4,5 +4,5 @@
 (torch device choice), ``atomic`` (the one write-to-temp-then-replace helper),
 ``checksums`` (file digests, weight fingerprints), ``text`` (prompt cleaning and
 the exact-dedup key), ``topk`` (the one chunked top-k merge and recall@k),
-``version`` (this package's and its libraries' versions).
+``sizes`` (byte counts for people), ``version`` (this package's and its libraries' versions).
 """
