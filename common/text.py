@@ -66,3 +66,41 @@ def dedup_keys(texts: Sequence[str | None]) -> np.ndarray:
 def first_clause(prompt: str) -> str:
     """A prompt's first comma-separated clause (how a plain caption reads)."""
     return prompt.split(",", 1)[0].strip() or prompt.strip()
+
+
+# -- fragments: the clauses prompts are made of -------------------------------------------------------------
+CLAUSE_SEPARATORS = r"[,|]"
+FRAGMENT_MIN_CHARS = 2
+FRAGMENT_MAX_CHARS = 80  # longer clauses are sentences of one prompt, not reusable fragments
+_WEIGHT = r":\s*-?[0-9]*\.?[0-9]+\s*[)\]]*\s*$"  # the "(word:1.2)" emphasis syntax of some front ends
+_EDGE_CHARS = r"\s\"'“”‘’«»()\[\]{}<>.:;!?*+=_~`#—–-"
+_EDGES = f"^[{_EDGE_CHARS}]+|[{_EDGE_CHARS}]+$"
+
+
+def split_fragments(prompts: Any) -> tuple[Any, np.ndarray]:
+    """The clauses of prompts (split at ``,`` and ``|``), each normalised (``normalize_fragments``) and kept
+    when 2-80 characters long. Returns an Arrow string array of fragments and, per fragment, the row of
+    the prompt it came from (int64). Takes a sequence of strings or an Arrow string array: the one rule
+    the build's vocabulary and the composer's neighbour clauses share."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = prompts if isinstance(prompts, (pa.Array, pa.ChunkedArray)) else pa.array(list(prompts), pa.string())
+    parts = pc.split_pattern_regex(arr, CLAUSE_SEPARATORS)
+    parents = pc.list_parent_indices(parts)
+    fragments = normalize_fragments(pc.list_flatten(parts))
+    n = pc.utf8_length(fragments)
+    keep = pc.and_(pc.greater_equal(n, FRAGMENT_MIN_CHARS), pc.less_equal(n, FRAGMENT_MAX_CHARS))
+    keep = pc.fill_null(keep, False)
+    return fragments.filter(keep), parents.filter(keep).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def normalize_fragments(texts: Any) -> Any:
+    """Lower case (both encoders' tokenizers lower-case anyway), whitespace collapsed, emphasis weights
+    (``:1.2``) and surrounding brackets, quotes and punctuation removed."""
+    import pyarrow.compute as pc
+
+    x = pc.utf8_lower(texts)
+    x = pc.replace_substring_regex(x, r"\s+", " ")
+    x = pc.replace_substring_regex(x, _WEIGHT, "")
+    return pc.replace_substring_regex(x, _EDGES, "")

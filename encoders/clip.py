@@ -40,10 +40,16 @@ DEFAULT_PRETRAINED = "laion2b_s32b_b79k"
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 _OFFLINE_HINT = (
-    "download the weights on a machine with access and pass the checkpoint file as pretrained with the "
-    "architecture as clip (--clip ARCH --pretrained FILE), or save an open_clip folder "
-    "(open_clip_config.json + open_clip_model.safetensors) and pass it as clip=local-dir:PATH"
+    "download the weights on a machine with access and pass the checkpoint file as {tag} with the "
+    "architecture as {param} (--{flag} ARCH --{tag_flag} FILE), or save an open_clip folder "
+    "(open_clip_config.json + open_clip_model.safetensors) and pass it as {param}=local-dir:PATH"
 )
+
+
+def offline_hint(param: str = "clip") -> str:
+    """How to pass local weights for the model parameter ``param`` ("clip", "captioner")."""
+    tag = "pretrained" if param == "clip" else f"{param}_pretrained"
+    return _OFFLINE_HINT.format(param=param, tag=tag, flag=param.replace("_", "-"), tag_flag=tag.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -99,53 +105,57 @@ def _canonical(cfg: dict[str, Any]) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
-def parse_clip_spec(model: str | None = None, pretrained: str | None = None) -> ClipSpec:
-    """Validate a model choice before anything is loaded; fills in the default tag."""
+def parse_clip_spec(model: str | None = None, pretrained: str | None = None, *, default_model: str = DEFAULT_CLIP,
+                    default_pretrained: str = DEFAULT_PRETRAINED, param: str = "clip") -> ClipSpec:
+    """Validate a model choice before anything is loaded; fills in the default tag of the default model.
+    ``param`` names the parameter in errors (its tag parameter is ``{param}_pretrained``, ``pretrained``
+    for clip)."""
     import open_clip
 
-    model = model or DEFAULT_CLIP
+    tag_param = "pretrained" if param == "clip" else f"{param}_pretrained"
+    model = model or default_model
     if model.startswith(LOCAL_DIR):
         if pretrained:
-            raise InputError(f"pretrained cannot be combined with clip={model}: the folder holds the weights",
-                             param="pretrained")
+            raise InputError(f"{tag_param} cannot be combined with {param}={model}: the folder holds the weights",
+                             param=tag_param)
         folder = Path(model[len(LOCAL_DIR):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
             raise InputError(
                 f"{model}: no open_clip_config.json in {folder}; a local-dir: folder needs "
-                "open_clip_config.json and open_clip_model.safetensors", param="clip")
+                "open_clip_config.json and open_clip_model.safetensors", param=param)
         if _weights_in_dir(folder) is None:
             raise InputError(f"{model}: no weights file in {folder} (expected open_clip_model.safetensors)",
-                             param="clip")
+                             param=param)
         return ClipSpec(LOCAL_DIR + str(folder.resolve()))
     if model.startswith(HF_HUB):
         if pretrained:
-            raise InputError(f"pretrained cannot be combined with clip={model}", param="pretrained")
+            raise InputError(f"{tag_param} cannot be combined with {param}={model}", param=tag_param)
         return ClipSpec(model)
     if Path(model).is_file():
         raise InputError(
-            f"{model} is a file: name the architecture as clip (e.g. ViT-H-14) and pass the checkpoint file "
-            "as pretrained", param="clip")
+            f"{model} is a file: name the architecture as {param} (e.g. {default_model}) and pass the checkpoint "
+            f"file as {tag_param}", param=param)
     known = open_clip.list_models()
     if model not in known:
         close = difflib.get_close_matches(model, known, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise InputError(f"unknown CLIP model {model!r}{hint}; see open_clip.list_models(), or use local-dir:PATH",
-                         param="clip")
+                         param=param)
     if pretrained is None:
-        if model != DEFAULT_CLIP:
+        if model != default_model:
             tags = open_clip.list_pretrained_tags_by_model(model)
             raise InputError(
-                f"clip={model} needs pretrained: a tag or a checkpoint file "
+                f"{param}={model} needs {tag_param}: a tag or a checkpoint file "
                 f"(tags for {model}: {', '.join(tags) or 'none'}); without weights the model is random",
-                param="pretrained")
-        pretrained = DEFAULT_PRETRAINED
+                param=tag_param)
+        pretrained = default_pretrained
     if os.path.isfile(pretrained):
         return ClipSpec(model, str(Path(pretrained).resolve()))
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
         raise InputError(
             f"{pretrained!r} is neither a file nor a tag of {model} (tags: {', '.join(tags) or 'none'})",
-            param="pretrained")
+            param=tag_param)
     return ClipSpec(model, pretrained)
 
 
@@ -177,15 +187,16 @@ def resolve_spec(spec: ClipSpec, *, store: Path) -> ClipSpec:
     return spec
 
 
-def _weights_path(spec: ClipSpec) -> Path:
-    """The weights file of a spec, downloading a tag into open_clip's cache if needed."""
+def locate_weights(spec: ClipSpec, *, param: str = "clip") -> Path:
+    """The weights file of a spec, downloading a tag into open_clip's cache if needed; a failed download is
+    a ``ModelError`` saying how to pass local weights as ``param``."""
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
     if spec.model.startswith(LOCAL_DIR):
         path = _weights_in_dir(Path(spec.model[len(LOCAL_DIR):]))
         if path is None:
-            raise ModelError(f"no weights file in {spec.model}")
+            raise ModelError(f"no weights file in {spec.model}", param=param)
         return path
     try:
         if spec.model.startswith(HF_HUB):
@@ -196,8 +207,8 @@ def _weights_path(spec: ClipSpec) -> Path:
         return Path(oc_pretrained.download_pretrained(cfg))
     except Exception as e:  # hub, network and cache errors come in many types
         raise ModelError(
-            f"could not download CLIP weights {spec.label} ({type(e).__name__}); {_OFFLINE_HINT}"
-        ) from e
+            f"could not download {'CLIP' if param == 'clip' else param} weights {spec.label} ({type(e).__name__}); "
+            f"{offline_hint(param)}", param=param) from e
 
 
 class ClipEncoder:
@@ -255,6 +266,11 @@ class ClipEncoder:
                 start += len(emb)
         return out
 
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """Tokens of each text without truncation, start and end tokens included (int64 [n]): a text fits
+        the model's context when its count is at most ``info.context_length``."""
+        return count_tokens(self.tokenizer, texts)
+
     def _encode_tokens(self, tokens: Any) -> Any:
         if can_trim(self.model):
             return encode_tokens_trimmed(self.model, tokens)
@@ -271,6 +287,24 @@ class ClipEncoder:
                 emb = self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
                 out[start:start + len(emb)] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
         return out
+
+
+def count_tokens(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Untruncated token counts (start and end included) with open_clip's tokenizer; tokenizers without
+    ``encode`` (hub tokenizers) count what they keep of the context."""
+    if hasattr(tokenizer, "encode"):
+        return np.array([len(tokenizer.encode(t)) + 2 for t in texts], dtype=np.int64)
+    return (np.asarray(tokenizer(list(texts))) != 0).sum(-1).astype(np.int64)
+
+
+def load_tokenizer(spec: ClipSpec) -> Any:
+    """The text tokenizer of a CLIP model, without loading its weights."""
+    import open_clip
+
+    try:
+        return open_clip.get_tokenizer(spec.model)
+    except Exception as e:
+        raise ModelError(f"could not load the tokenizer of CLIP {spec.label}: {e}") from e
 
 
 def can_trim(model: Any) -> bool:
@@ -308,7 +342,7 @@ def load_clip(spec: ClipSpec, *, device: str | None = None) -> ClipEncoder:
     import open_clip
 
     device = resolve_device(device)
-    weights = _weights_path(spec)
+    weights = locate_weights(spec)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.model, pretrained=spec.pretrained, device=device

@@ -7,7 +7,7 @@ Everything here takes plain arrays; ``evaluation.run`` wires it to a retriever.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,11 @@ import numpy as np
 from common.text import dedup_keys, first_clause  # noqa: F401  (re-exported for scripts)
 from retriever.search import Neighbors
 from retriever.weighting import Weighting, blend, drop_neighbors
+
+# compose(neighbours, target vectors or None (the composer's own), captions or None) -> MiniLM vectors of the
+# composed prompts
+Compose = Callable[[Neighbors, "np.ndarray | None", "Sequence[str] | None"], np.ndarray]
+COMPOSED = "composed_prompt"
 
 CONSTANT_PROMPT = "All work and no Kaggle makes Jack a dull boy"  # the competition's own example
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -120,8 +125,10 @@ def corpus_mean_vector(minilm: np.ndarray, *, chunk: int = 262_144) -> np.ndarra
 
 
 def neighbour_methods(neighbors: Neighbors, minilm: np.ndarray, truth: np.ndarray,
-                      weightings: dict[str, Weighting], *, ks: Sequence[int] | None = None) -> list[MethodScores]:
-    """top-1 neighbour's prompt, then each weighting (at each k of ``ks``, default the full k)."""
+                      weightings: dict[str, Weighting], *, ks: Sequence[int] | None = None,
+                      compose: Compose | None = None) -> list[MethodScores]:
+    """top-1 neighbour's prompt, then each weighting (at each k of ``ks``, default the full k), then the
+    prompt ``compose`` makes from the neighbours (towards the composer's own target)."""
     top = neighbors.ids[:, 0]
     top_vec = np.where((top >= 0)[:, None], np.asarray(minilm[np.maximum(top, 0)], dtype=np.float32), 0.0)
     out = [MethodScores("top1_prompt", cosine(top_vec, truth), note="MiniLM vector of the nearest prompt")]
@@ -132,6 +139,9 @@ def neighbour_methods(neighbors: Neighbors, minilm: np.ndarray, truth: np.ndarra
             pred = blend(sub, minilm, w)
             label = name if k == full_k and not ks else f"{name}@k{k}"
             out.append(MethodScores(label, cosine(pred.vectors, truth), pred.confidence))
+    if compose is not None:
+        out.append(MethodScores(COMPOSED, cosine(compose(neighbors, None, None), truth),
+                                note="MiniLM of the composed prompt (composer)"))
     return out
 
 
@@ -143,7 +153,8 @@ def exclude_self(neighbors: Neighbors, neighbor_keys: np.ndarray, query_keys: np
 
 def text_oracle_methods(truth: np.ndarray, query_keys: np.ndarray, *, index: Any, minilm: np.ndarray,
                         row_keys: Any, k: int, weightings: dict[str, Weighting],
-                        ks: Sequence[int] | None = None, extra: int = 8) -> list[MethodScores]:
+                        ks: Sequence[int] | None = None, extra: int = 8,
+                        compose: Compose | None = None) -> list[MethodScores]:
     """Query the MiniLM index with each true prompt's own vector, exact copies of it excluded.
 
     ``row_keys(ids)`` gives the dedup keys of store rows (b"" for -1). The
@@ -153,28 +164,36 @@ def text_oracle_methods(truth: np.ndarray, query_keys: np.ndarray, *, index: Any
 
     nb = search(index, truth, k=min(k + extra, int(index.ntotal)))
     nb = exclude_self(nb, row_keys(nb.ids), query_keys, k=k)
-    return neighbour_methods(nb, minilm, truth, weightings, ks=ks)
+    return neighbour_methods(nb, minilm, truth, weightings, ks=ks, compose=compose)
 
 
 def text_degraded_methods(truth: np.ndarray, clause_vectors: np.ndarray, query_keys: np.ndarray, *,
                           index: Any, minilm: np.ndarray, row_keys: Any, k: int,
                           weightings: dict[str, Weighting], mix: Sequence[float] = (0.5,),
-                          extra: int = 8) -> list[MethodScores]:
+                          extra: int = 8, clauses: Sequence[str] | None = None,
+                          compose: Compose | None = None) -> list[MethodScores]:
     """Query with the MiniLM vector of each prompt's first clause (a plain caption).
 
     Methods: the clause alone; retrieval (neighbours of the clause, blended);
-    and ``normalise(a * clause + (1 - a) * retrieval)`` for each ``a`` in ``mix``.
-    Exact copies of the true prompt are excluded from the neighbours.
+    ``normalise(a * clause + (1 - a) * retrieval)`` for each ``a`` in ``mix``; and, with ``compose``, the
+    prompt composed from the clause (``clauses``, its caption) towards the first mix of the first weighting
+    (the composer as a caption refiner). Exact copies of the true prompt are excluded from the neighbours.
     """
     from retriever.search import search
 
     nb = search(index, clause_vectors, k=min(k + extra, int(index.ntotal)))
     nb = exclude_self(nb, row_keys(nb.ids), query_keys, k=k)
     out = [MethodScores("clause_alone", cosine(clause_vectors, truth), note="MiniLM(first clause)")]
+    target = None
     for name, w in weightings.items():
         pred = blend(nb, minilm, w)
         out.append(MethodScores(f"retrieval_{name}", cosine(pred.vectors, truth), pred.confidence))
         for a in mix:
             mixed = a * clause_vectors + (1 - a) * pred.vectors
             out.append(MethodScores(f"clause{a:g}+retrieval_{name}", cosine(mixed, truth), pred.confidence))
+            if target is None:
+                target = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    if compose is not None and target is not None:
+        out.append(MethodScores(COMPOSED, cosine(compose(nb, target, clauses), truth),
+                                note="MiniLM of the prompt composed from the clause (composer)"))
     return out

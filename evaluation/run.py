@@ -6,21 +6,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from common.atomic import atomic_path, write_bytes_atomic
 from common.errors import InputError
+from common.progress import progress_bar
 from common.text import dedup_keys, first_clause
-from retriever import Retriever
+from composer import ComposeOptions, Composer
+from composer.compose import COMPOSE_CHUNK
+from retriever import Neighbors, Retriever
 from retriever.search import check_k
 from retriever.weighting import Weighting
 
 from .evaluate import (
+    COMPOSED,
     EvalReport,
+    MethodScores,
     baselines,
     corpus_mean_vector,
+    cosine,
     neighbour_methods,
     text_degraded_methods,
     text_oracle_methods,
@@ -32,10 +39,11 @@ WEIGHTINGS = {"power_p6": Weighting(), "softmax_t0.01": Weighting(scheme="softma
 
 def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequence[Path] | None = None,
              k: int, title: str, weightings: dict[str, Weighting] | None = None,
-             progress: bool = False) -> EvalReport:
+             compose: ComposeOptions | None = ComposeOptions(), progress: bool = False) -> EvalReport:
     """Score ``route`` ("pairs": ``images`` with their true ``prompts``; "text-oracle", "text-degraded":
     held-out ``prompts``) with the competition metric, beside the constant-prompt and corpus-mean
-    baselines."""
+    baselines; with ``compose`` (None: skip), also the composed prompt (``composer``; on the text routes
+    the query is a MiniLM vector, so it composes towards the predicted vector, objective ``minilm``)."""
     from .evaluate import CONSTANT_PROMPT
 
     if route not in ROUTES:
@@ -48,7 +56,24 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
     constant = r.embed_texts([CONSTANT_PROMPT], space="minilm")[0]
     items = [str(p) for p in images] if route == "pairs" else list(prompts)
     settings = {"index": str(r.store.path), "rows": r.rows, "k": k,
-                "weightings": {n: vars(w) for n, w in weightings.items()}}
+                "weightings": {n: vars(w) for n, w in weightings.items()},
+                "compose": None if compose is None else vars(compose)}
+    composer = None
+    if compose is not None:
+        text_route = route != "pairs"
+        composer = Composer(r, options=replace(compose, objective="minilm") if text_route else compose)
+
+    def compose_fn(nb, targets, captions):
+        with progress_bar(total=len(nb.ids), desc="composing", enabled=progress, unit="query") as bar:
+            parts = []
+            for start in range(0, len(nb.ids), COMPOSE_CHUNK):
+                part = slice(start, start + COMPOSE_CHUNK)
+                sub = Neighbors(nb.ids[part], nb.scores[part])
+                done = composer.compose(None if targets is None else targets[part], neighbors=sub,
+                                        captions=None if captions is None else captions[part])
+                parts.append(np.stack([c.minilm for c in done]))
+                bar.update(len(done))
+        return np.concatenate(parts)
     report = EvalReport(title, items, settings=settings)
 
     def row_keys(ids: np.ndarray) -> np.ndarray:
@@ -60,13 +85,22 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
             raise InputError("the pairs route needs one image per prompt", param="images")
         emb = r.embed_images(list(images), progress=progress)  # named files: any failure is an error
         methods = neighbour_methods(r.search(emb.vectors, k=k), minilm, truth, weightings)
+        if composer is not None:
+            with progress_bar(total=len(emb.vectors), desc="composing", enabled=progress, unit="img") as bar:
+                done = composer.interrogate(emb.vectors, weighting=next(iter(weightings.values())))
+                bar.update(len(done))
+            methods.append(MethodScores(COMPOSED, cosine(np.stack([c.minilm for c in done]), truth),
+                                        note=f"MiniLM of the composed prompt (composer, objective {compose.objective})"))
     elif route == "text-oracle":
         methods = text_oracle_methods(truth, dedup_keys(prompts), index=minilm_index, minilm=minilm,
-                                      row_keys=row_keys, k=k, weightings=weightings)
+                                      row_keys=row_keys, k=k, weightings=weightings,
+                                      compose=compose_fn if composer else None)
     else:
-        clauses = r.embed_texts([first_clause(p) for p in prompts], space="minilm")
+        clause_texts = [first_clause(p) for p in prompts]
+        clauses = r.embed_texts(clause_texts, space="minilm")
         methods = text_degraded_methods(truth, clauses, dedup_keys(prompts), index=minilm_index, minilm=minilm,
-                                        row_keys=row_keys, k=k, weightings=weightings)
+                                        row_keys=row_keys, k=k, weightings=weightings, clauses=clause_texts,
+                                        compose=compose_fn if composer else None)
     for m in baselines(truth, constant=constant, corpus_mean=corpus_mean_vector(minilm)) + methods:
         report.add(m)
     return report

@@ -1,21 +1,25 @@
 """The on-disk index store: one self-describing directory.
 
-Layout (format version 1)::
+Layout (format version 2; version 1 lacks the fragment files)::
 
     manifest.json   format, rows, models, indexes, build options, versions, file checksums
     prompts.arrow   Arrow IPC file, columns id (int64, = row) and prompt (string)
     minilm.npy      float16 [rows, 384], unit all-MiniLM-L6-v2 vectors
     clip.faiss      FAISS index over unit CLIP text vectors, inner product  (space "clip")
     minilm.faiss    FAISS index over the MiniLM vectors                     (space "minilm")
+    fragments.arrow                          fragment vocabulary: id, fragment, count (prompts holding it)
+    fragments_clip.npy, fragments_minilm.npy float16 unit vectors of the fragments, one file per space
+    fragments_clip.faiss, fragments_minilm.faiss   FAISS indexes over them
 
 Row-id contract: faiss id i (both indexes) == prompts.arrow row i (id column
-== i) == minilm.npy row i; checked on open.
+== i) == minilm.npy row i; checked on open. The same for fragment rows and
+their files.
 """
 
 from .format import FILES, FORMAT_NAME, FORMAT_VERSION, SPACES
-from .manifest import FileInfo, IndexInfo, Manifest
-from .reader import Store, is_store, open_store
+from .manifest import FileInfo, FragmentsInfo, IndexInfo, Manifest
+from .reader import Fragments, Store, is_store, open_store
 from .writer import StoreWriter, check_target, orphans
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FILES", "SPACES", "Manifest", "IndexInfo", "FileInfo", "Store",
-           "open_store", "is_store", "StoreWriter", "check_target", "orphans"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "FILES", "SPACES", "Manifest", "IndexInfo", "FragmentsInfo", "Fragments",
+           "FileInfo", "Store", "open_store", "is_store", "StoreWriter", "check_target", "orphans"]

@@ -1,8 +1,9 @@
 """The manifest of a store, typed: what every package reads instead of nested dict keys.
 
-On disk it is ``manifest.json`` (layout unchanged since format version 1: ``models.clip``,
-``models.minilm``, ``index`` and ``minilm_index`` for the two spaces, ``build``, ``versions``,
-``files``); ``Manifest.from_dict`` validates it and ``to_dict`` writes it back.
+On disk it is ``manifest.json``: ``models.clip``, ``models.minilm``, ``index`` and ``minilm_index`` for
+the two spaces, ``build``, ``versions``, ``files`` (format version 1), plus ``fragments`` (version 2: the
+fragment vocabulary's size, rule, statistics and its two indexes); ``Manifest.from_dict`` validates it
+(either version) and ``to_dict`` writes it back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from common.errors import StoreError
 from encoders.clip import ClipInfo
 from encoders.minilm import MiniLMInfo
 
-from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MANIFEST_INDEX_KEYS, SPACES
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MANIFEST_INDEX_KEYS, READABLE_VERSIONS, SPACES
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,26 @@ class FileInfo:
 
 
 @dataclass(frozen=True)
+class FragmentsInfo:
+    """The fragment vocabulary (format version 2): rows, the mining rule and its statistics
+    (``indexer.fragments``), and one FAISS index per space over the fragments' vectors."""
+
+    rows: int
+    indexes: dict[str, IndexInfo]
+    rule: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FragmentsInfo:
+        return cls(rows=int(d["rows"]), indexes={s: IndexInfo.from_dict(d["indexes"][s]) for s in SPACES},
+                   rule=dict(d.get("rule") or {}), stats=dict(d.get("stats") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "rule": self.rule, "stats": self.stats,
+                "indexes": {s: info.to_dict() for s, info in self.indexes.items()}}
+
+
+@dataclass(frozen=True)
 class Manifest:
     rows: int
     clip: ClipInfo
@@ -69,6 +90,7 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)  # config, sources, stats, seconds
     versions: dict[str, str] = field(default_factory=dict)
     created: str | None = None
+    fragments: FragmentsInfo | None = None  # None in version-1 stores
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -83,6 +105,7 @@ class Manifest:
             **{MANIFEST_INDEX_KEYS[s]: info.to_dict() for s, info in self.indexes.items()},
             "build": self.build, "versions": self.versions,
             "files": {name: f.to_dict() for name, f in self.files.items()},
+            **({"fragments": self.fragments.to_dict()} if self.fragments is not None else {}),
         }
 
     @classmethod
@@ -91,12 +114,13 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise StoreError(f"{where} is not a nearest-prompt manifest; rebuild the store")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             newer = isinstance(version, int) and version > FORMAT_VERSION
             fix = "upgrade nearest-prompt" if newer else "rebuild the store with this version"
             raise StoreError(f"format version {version!r} is not supported (this nearest-prompt reads "
-                             f"{FORMAT_VERSION}); {fix}")
-        for key in ("rows", "models", "files", *MANIFEST_INDEX_KEYS.values()):
+                             f"{', '.join(map(str, READABLE_VERSIONS))}); {fix}")
+        required = ("rows", "models", "files", *MANIFEST_INDEX_KEYS.values(), *(("fragments",) if version >= 2 else ()))
+        for key in required:
             if key not in d:
                 raise StoreError(f"{where} lacks {key!r}; rebuild the store")
         try:
@@ -106,6 +130,8 @@ class Manifest:
                 indexes={s: IndexInfo.from_dict(d[MANIFEST_INDEX_KEYS[s]]) for s in SPACES},
                 files={name: FileInfo.from_dict(f) for name, f in d["files"].items()},
                 build=dict(d.get("build") or {}), versions=dict(d.get("versions") or {}),
+                fragments=FragmentsInfo.from_dict(d["fragments"]) if version >= 2 else None,
+                format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where} is malformed ({type(e).__name__}: {e}); rebuild the store") from e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -18,7 +19,19 @@ from common.errors import StoreError
 from encoders.clip import ClipInfo
 from encoders.minilm import MiniLMInfo
 
-from .format import FILES, FORMAT_NAME, INDEX_FILES, MANIFEST, MINILM, PROMPTS, SPACES
+from .format import (
+    FILES,
+    FORMAT_NAME,
+    FRAGMENT_INDEX_FILES,
+    FRAGMENT_VECTORS,
+    FRAGMENTS,
+    INDEX_FILES,
+    MANIFEST,
+    MINILM,
+    PROMPTS,
+    SPACES,
+    files_of,
+)
 from .manifest import FileInfo, Manifest
 
 log = logging.getLogger(__name__)
@@ -29,12 +42,38 @@ VERIFY_HINT = "check it with 'nearest-prompt info --index {path} --verify', and 
 
 
 @dataclass
+class Fragments:
+    """The fragment vocabulary of a version-2 store: ``table`` (id, fragment, count; most frequent first),
+    per space the fragments' unit vectors (float16 [rows, d], memory-mapped) and a FAISS index."""
+
+    table: pa.Table
+    vectors: dict[str, np.ndarray]
+    indexes: dict[str, Any]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def texts(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        return self.table.column("fragment").take(pa.array(np.asarray(ids, dtype=np.int64))).to_pylist()
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.table.column("count").to_numpy()
+
+    @functools.cached_property
+    def ids_by_text(self) -> dict[str, int]:
+        """Fragment text -> row (built on first use: about 100 B per fragment)."""
+        return {t: i for i, t in enumerate(self.table.column("fragment").to_pylist())}
+
+
+@dataclass
 class Store:
     path: Path
     manifest: Manifest
     table: pa.Table
     minilm: np.ndarray  # float16 [rows, 384], memory-mapped
     indexes: dict[str, Any]  # space ("clip", "minilm") -> faiss.Index, memory-mapped
+    fragments: Fragments | None = None  # the fragment vocabulary (format version 2), None in version 1
 
     @property
     def rows(self) -> int:
@@ -65,6 +104,7 @@ class Store:
         return {**self.manifest.to_dict(), "path": str(self.path), "bytes_total": total,
                 "bytes_per_prompt": total / max(self.rows, 1), "note": self.note,
                 "memory_mapped": {s: is_memory_mapped(index) for s, index in self.indexes.items()},
+                "fragment_vocabulary": self.fragments is not None,
                 "running_versions": library_versions()}
 
     def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
@@ -124,7 +164,7 @@ def is_store(path: str | Path) -> bool:
     except (OSError, ValueError, UnicodeDecodeError):
         return False
     return (isinstance(data, dict) and data.get("format") == FORMAT_NAME and isinstance(data.get("files"), dict)
-            and set(FILES) <= set(data["files"]))
+            and set(FILES) <= set(data["files"]))  # a version-1 store is rebuilt in place too
 
 
 def verify_files(path: Path, manifest: Manifest, *, verify: str = "auto") -> None:
@@ -132,7 +172,7 @@ def verify_files(path: Path, manifest: Manifest, *, verify: str = "auto") -> Non
     block of each larger file ("auto"), or nothing more ("size")."""
     if verify not in ("auto", "full", "size"):
         raise ValueError(f"verify must be 'auto', 'full' or 'size', not {verify!r}")
-    for name in FILES:
+    for name in files_of(manifest.format_version):
         expect = manifest.files.get(name)
         fpath = path / name
         if expect is None:
@@ -232,7 +272,37 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
     for ok, what in checks:
         if not ok:
             raise _fail(path, what + "; rebuild the store")
+    _check_ids(path, PROMPTS, table, rows)
+    fragments = _open_fragments(path, manifest) if manifest.fragments is not None else None
+    return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes, fragments=fragments)
+
+
+def _check_ids(path: Path, name: str, table: pa.Table, rows: int) -> None:
     ids = table.column("id").to_numpy()
     if rows and not (ids[0] == 0 and ids[-1] == rows - 1 and np.all(np.diff(ids) == 1)):
-        raise _fail(path, f"{PROMPTS} ids are not 0..{rows - 1} in order; rebuild the store")
-    return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes)
+        raise _fail(path, f"{name} ids are not 0..{rows - 1} in order; rebuild the store")
+
+
+def _open_fragments(path: Path, manifest: Manifest) -> Fragments:
+    """The fragment vocabulary, checked like the prompts: row counts, dimensions, ids 0..n-1."""
+    rows = manifest.fragments.rows
+    dims = {"clip": manifest.clip.embed_dim, "minilm": manifest.minilm.dim}
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path / FRAGMENTS), "r")).read_all()
+        vectors = {s: np.load(path / FRAGMENT_VECTORS[s], mmap_mode="r") for s in SPACES}
+        indexes = {s: _read_index(path / FRAGMENT_INDEX_FILES[s]) for s in SPACES}
+    except (pa.ArrowInvalid, OSError, ValueError, RuntimeError) as e:
+        raise _fail(path, f"the fragment vocabulary is unreadable ({str(e).splitlines()[0][:120]}); "
+                          "rebuild the store") from e
+    checks = [(table.num_rows == rows, f"{FRAGMENTS} has {table.num_rows} rows, manifest says {rows}"),
+              (table.schema.names[:3] == ["id", "fragment", "count"], f"{FRAGMENTS} columns are {table.schema.names}")]
+    for s in SPACES:
+        checks += [(vectors[s].shape == (rows, dims[s]), f"{FRAGMENT_VECTORS[s]} has shape {vectors[s].shape}, "
+                                                        f"expected ({rows}, {dims[s]})"),
+                   (indexes[s].ntotal == rows and indexes[s].d == dims[s],
+                    f"{FRAGMENT_INDEX_FILES[s]} holds {indexes[s].ntotal} x {indexes[s].d}, expected {rows} x {dims[s]}")]
+    for ok, what in checks:
+        if not ok:
+            raise _fail(path, what + "; rebuild the store")
+    _check_ids(path, FRAGMENTS, table, rows)
+    return Fragments(table=table, vectors=vectors, indexes=indexes)

@@ -17,7 +17,18 @@ from common.atomic import TMP_MARK, fsync_dir, replace_dir, temp_sibling, write_
 from common.checksums import file_digests
 from common.errors import InputError, StoreError
 
-from .format import BLOCK_BYTES, FILES, INDEX_FILES, MANIFEST, MINILM, PROMPTS, SPACES
+from .format import (
+    BLOCK_BYTES,
+    FRAGMENT_INDEX_FILES,
+    FRAGMENT_VECTORS,
+    FRAGMENTS,
+    INDEX_FILES,
+    MANIFEST,
+    MINILM,
+    PROMPTS,
+    SPACES,
+    files_of,
+)
 from .manifest import FileInfo, Manifest
 from .reader import is_store
 
@@ -94,7 +105,25 @@ class StoreWriter:
         return rows
 
     def write_minilm(self, blocks: Iterable[np.ndarray], *, rows: int, dim: int) -> None:
-        """Write the float16 [rows, dim] MiniLM matrix from row blocks given in order.
+        """Write the float16 [rows, dim] MiniLM matrix from row blocks given in order."""
+        self.write_matrix(MINILM, blocks, rows=rows, dim=dim)
+
+    def write_fragments(self, fragments: pa.Array, counts: np.ndarray) -> None:
+        """The fragment vocabulary's table: id (= row), fragment, count (prompts holding it)."""
+        schema = pa.schema([("id", pa.int64()), ("fragment", pa.string()), ("count", pa.int64())])
+        table = pa.table([pa.array(np.arange(len(fragments), dtype=np.int64)), fragments,
+                          pa.array(np.asarray(counts, dtype=np.int64))], schema=schema)
+        with pa.OSFile(str(self.staging / FRAGMENTS), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            writer.write_table(table, max_chunksize=65536)
+
+    def fragment_vectors_path(self, space: str) -> Path:
+        return self.staging / FRAGMENT_VECTORS[space]
+
+    def fragment_index_path(self, space: str) -> Path:
+        return self.staging / FRAGMENT_INDEX_FILES[space]
+
+    def write_matrix(self, name: str, blocks: Iterable[np.ndarray], *, rows: int, dim: int) -> None:
+        """Write a float16 [rows, dim] ``.npy`` file of the store from row blocks given in order.
 
         Plain buffered writes, not a writable memmap: dirty pages of a
         mapping count in the process's resident set until written back.
@@ -102,16 +131,16 @@ class StoreWriter:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
                   "shape": (rows, dim)}
         written = 0
-        with open(self.staging / MINILM, "wb") as f:
+        with open(self.staging / name, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
             for block in blocks:
                 block = np.ascontiguousarray(block, dtype=np.float16)
                 if block.ndim != 2 or block.shape[1] != dim:
-                    raise StoreError(f"internal error: MiniLM block of shape {block.shape}, expected (*, {dim})")
+                    raise StoreError(f"internal error: {name} block of shape {block.shape}, expected (*, {dim})")
                 f.write(block.data)
                 written += len(block)
         if written != rows:
-            raise StoreError(f"internal error: {written} MiniLM rows written, {rows} expected")
+            raise StoreError(f"internal error: {written} rows written to {name}, {rows} expected")
 
     @property
     def minilm_path(self) -> Path:
@@ -127,7 +156,7 @@ class StoreWriter:
     def commit(self, manifest: Manifest) -> Path:
         """Checksum the files (whole and per 64 MiB block), write the manifest, move the store to ``out``."""
         files = {}
-        for name in FILES:
+        for name in files_of(manifest.format_version):
             path = self.staging / name
             if not path.is_file():
                 raise StoreError(f"internal error: {name} was not written")

@@ -32,7 +32,7 @@ from common.progress import progress_bar
 from common.version import library_versions
 from encoders.clip import ClipEncoder, load_clip, parse_clip_spec, portable_spec
 from encoders.minilm import MiniLMEncoder, load_minilm
-from index_store import SPACES, IndexInfo, Manifest
+from index_store import SPACES, FragmentsInfo, IndexInfo, Manifest
 
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
@@ -41,14 +41,15 @@ from .encoding import TextEncoding
 from .engine import open_engine
 from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
+from .fragments import mine_fragments
 from .prompt_file import PromptFile, write_prompt_file
 from .readers import Source, check_sources
-from .shards import ShardedMatrix
+from .shards import ShardedMatrix, float_blocks
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
-WORK_FORMAT = 1
+WORK_FORMAT = 2  # 2: the fragment vocabulary's files
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,18 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     totals["clip"] = -(-len(kept) // config.shard_size)
     timings["near_dedup"] = time.perf_counter() - t
 
+    _stage("fragments")
+    t = time.perf_counter()
+    fragments, fragment_stats = _fragment_stage(work.path, kept_prompts, config, progress)
+    totals.update(fragments_minilm=-(-len(fragments) // config.shard_size),
+                  fragments_clip=-(-len(fragments) // config.shard_size))
+    fragment_paths = {
+        space: engine.embed(fragments, encodings[space], dim=dims[space], folder=work.path / f"fragments_{space}",
+                            shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float16,
+                            desc=f"fragments {label}", progress=progress) if len(fragments) else []
+        for space, label in (("minilm", "MiniLM"), ("clip", "CLIP text"))}
+    timings["fragments"] = time.perf_counter() - t
+
     _stage("clip")
     t = time.perf_counter()
     clip_paths = engine.embed(
@@ -167,15 +180,19 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
                      indexes[space].params, len(kept), indexes[space].recall_at_10)
             del matrix
             _return_free_memory()
+        _stage("fragment_indexes")
+        fragment_info = _write_fragments(writer, fragments, fragment_stats, fragment_paths, dims=dims,
+                                         seed=config.seed, map_blocks=engine.map_blocks)
         _stage("commit")
         timings["index"] = time.perf_counter() - t
-        stats = {**clean_stats, "near_duplicates": int(len(keep) - len(kept)), "rows": int(len(kept))}
+        stats = {**clean_stats, "near_duplicates": int(len(keep) - len(kept)), "rows": int(len(kept)),
+                 "fragments": fragment_info.rows}
         writer.commit(Manifest(
             rows=int(len(kept)), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             clip=portable_spec(clip.info, store=out), minilm=minilm.info, indexes=indexes,
             build={"config": config.to_dict(), "sources": [s.describe() for s in sources],
                    "stats": stats, "seconds": {k: round(v, 3) for k, v in timings.items()}},
-            versions=library_versions(),
+            versions=library_versions(), fragments=fragment_info,
         ))
     work.remove()
     _stage("done")
@@ -252,6 +269,41 @@ def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig
     with atomic_path(done) as tmp:
         np.save(tmp, keep)
     return keep
+
+
+def _fragment_stage(work: Path, prompts: PromptFile, config: BuildConfig,
+                    progress: bool) -> tuple[PromptFile, dict[str, Any]]:
+    """The fragment vocabulary of the kept prompts (``indexer.fragments``): ``work/fragments.arrow``, its
+    counts and statistics in ``work/fragments.json`` (a resumed build reads them back)."""
+    done, meta = work / "fragments.arrow", work / "fragments.json"
+    if not (done.is_file() and meta.is_file()):
+        vocab = mine_fragments(prompts.blocks(), min_count=config.fragment_min_count,
+                               max_fragments=config.max_fragments, total=len(prompts), progress=progress)
+        write_prompt_file(done, [vocab.fragments])
+        write_bytes_atomic(meta, json.dumps({"stats": vocab.stats, "counts": vocab.counts.tolist()}).encode())
+    return PromptFile(done), json.loads(meta.read_text())
+
+
+def _write_fragments(writer: index_store.StoreWriter, fragments: PromptFile, meta: dict[str, Any],
+                     paths: dict[str, list[Path]], *, dims: dict[str, int], seed: int,
+                     map_blocks: Any) -> FragmentsInfo:
+    """The vocabulary's table, its float16 vectors per space and a FAISS index over each (planned like the
+    prompts' indexes; the vocabulary is capped, so exact search below 100,000 fragments)."""
+    n = len(fragments)
+    writer.write_fragments(fragments[:].combine_chunks(), np.asarray(meta["counts"], dtype=np.int64))
+    indexes = {}
+    for space in SPACES:
+        matrix = ShardedMatrix(paths[space])
+        writer.write_matrix(writer.fragment_vectors_path(space).name,
+                            (block for _, block in float_blocks(matrix, 65_536)) if n else [],
+                            rows=n, dim=dims[space])
+        stored = np.load(writer.fragment_vectors_path(space), mmap_mode="r")
+        indexes[space] = IndexInfo.from_dict(build_index(stored, plan_index(n, dims[space]),
+                                                         path=writer.fragment_index_path(space), seed=seed,
+                                                         map_blocks=map_blocks))
+    rule = {"split": "',' and '|'", "min_count": meta["stats"]["min_count"],
+            "max_fragments": meta["stats"]["max_fragments"], "count": "prompts holding the fragment"}
+    return FragmentsInfo(rows=n, indexes=indexes, rule=rule, stats=meta["stats"])
 
 
 def _kept_rows(minilm_all: ShardedMatrix, kept: np.ndarray, progress: bool) -> Iterator[np.ndarray]:

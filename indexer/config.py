@@ -12,6 +12,8 @@ from encoders.minilm import DEFAULT_MINILM
 ENGINES = ("local", "ray")
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfsq8", "ivfpq", "hnsw")
+DEFAULT_FRAGMENT_MIN_COUNT = 3
+DEFAULT_MAX_FRAGMENTS = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +29,10 @@ class BuildConfig:
     index_type: str = "auto"
     memory_budget_gb: float = 4.0
     seed: int = 0
+    # the fragment vocabulary (indexer.fragments): clauses held by >= fragment_min_count prompts, at most
+    # max_fragments of them (the most frequent); max_fragments=0 builds an empty vocabulary
+    fragment_min_count: int = DEFAULT_FRAGMENT_MIN_COUNT
+    max_fragments: int = DEFAULT_MAX_FRAGMENTS
     # where the parallel work runs; none of these changes the store, so none is in the resume key
     engine: str = "local"  # "local" or "ray"
     ray_address: str | None = None  # None: start a local Ray runtime; "auto" or "ray://HOST:PORT": join one
@@ -48,6 +54,11 @@ class BuildConfig:
         if self.index_type not in INDEX_TYPES:
             raise InputError(f"index_type must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}",
                              param="index_type")
+        if self.fragment_min_count < 1:
+            raise InputError(f"fragment_min_count must be at least 1, got {self.fragment_min_count}",
+                             param="fragment_min_count")
+        if self.max_fragments < 0:
+            raise InputError(f"max_fragments must be at least 0, got {self.max_fragments}", param="max_fragments")
         if self.engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}", param="engine")
         if self.workers is not None and self.workers < 1:

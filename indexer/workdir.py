@@ -24,8 +24,9 @@ from common.errors import BusyError
 
 log = logging.getLogger(__name__)
 
-RESUMABLE_FILES = ("prompts.arrow", "clean_stats.json", "keep.npy", "kept.arrow")
-SHARD_FOLDERS = ("minilm", "clip")
+RESUMABLE_FILES = ("prompts.arrow", "clean_stats.json", "keep.npy", "kept.arrow", "fragments.arrow",
+                   "fragments.json")
+SHARD_FOLDERS = ("minilm", "clip", "fragments_minilm", "fragments_clip")
 
 
 class WorkDir:

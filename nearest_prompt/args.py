@@ -4,6 +4,8 @@ dataclasses, where they live once), and the map from a library parameter to its 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from dataclasses import fields
 from typing import Any
 
@@ -25,8 +27,6 @@ class Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error: ``nearest-prompt: error: ...``, status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        import sys
-
         print(f"nearest-prompt: error: {' '.join(message.split())} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
@@ -107,7 +107,17 @@ def open_retriever(args: argparse.Namespace) -> Any:
 
 def print_random_weights_note(store: Any) -> None:
     """The banner shown with every result of a store whose CLIP model has random weights (``Store.note``)."""
-    import sys
-
     if store.note:
         print(f"note: {store.note}", file=sys.stderr)
+
+
+def report_skipped(skipped: Any) -> None:
+    from encoders.images import summarize_skipped
+
+    if skipped:
+        print(f"skipped {len(skipped)} file(s): " + "; ".join(summarize_skipped(list(skipped))), file=sys.stderr)
+
+
+def escape_c1(text: str) -> str:
+    """JSON escapes C0 controls itself; C1 controls (a terminal's CSI among them) are escaped here."""
+    return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)

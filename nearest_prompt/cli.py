@@ -11,11 +11,9 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from common.errors import InputError, NearestPromptError
 from common.sizes import format_bytes
@@ -31,15 +29,19 @@ from .args import (
     add_model_args,
     add_weighting_args,
     default,
+    escape_c1,
     flag,
     open_retriever,
     positive_int,
     print_random_weights_note,
+    report_skipped,
 )
+from .cli_compose import add_captioner_args, load_captions, report_captions
 
 log = logging.getLogger("nearest_prompt.cli")
 
-_OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "evaluation", "service")
+_OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "composer", "evaluation",
+                "service")
 
 def build_parser() -> argparse.ArgumentParser:
     from indexer.config import INDEX_TYPES, BuildConfig
@@ -77,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size budget in GiB for the two FAISS indexes (what searching them keeps in "
                         "memory) when --index-type auto: 3/4 for the CLIP index, 1/4 for the MiniLM index; "
                         "the build writes IVF indexes to disk and does not hold them")
+    b.add_argument("--fragment-min-count", type=positive_int, default=default(BuildConfig, "fragment_min_count"),
+                   metavar="N", help="keep clauses held by at least N prompts in the fragment vocabulary (interrogate)")
+    b.add_argument("--max-fragments", type=int, default=default(BuildConfig, "max_fragments"), metavar="N",
+                   help="at most N fragments, the most frequent (0: an empty vocabulary)")
     b.add_argument("--clean", action="store_true",
                    help="discard the resumable work of an interrupted build into --out and start afresh")
     eg = b.add_argument_group("engine")
@@ -112,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FILE.csv (imgId_eId,val) or FILE.npy (+ FILE.ids.txt); FILE.confidence.csv beside it")
     pr.add_argument("--k", type=positive_int, default=DEFAULT_K_PREDICT, help="neighbours blended per image")
     add_weighting_args(pr)
-    pr.add_argument("--captions", metavar="CSV",
-                    help="captions from other models (columns imgId or image, and caption): fused with the image "
-                         "query, see README 'Fusion'")
+    add_captioner_args(pr)  # --captions CSV | --captioner MODEL: fused with the image query, README 'Fusion'
     pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
     pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
                     help="search captions with the CLIP text encoder or in MiniLM space")
@@ -125,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_eval import add_parsers
 
     add_parsers(cmd)
+    from .cli_compose import add_parsers as add_compose_parsers
+
+    add_compose_parsers(cmd)
 
     sv = cmd("serve", "serve query and predict over HTTP, with a web page")
     sv.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -198,6 +205,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         near_dup_threshold=None if args.no_near_dedup else args.near_dup_threshold,
         batch_size=args.batch_size, shard_size=args.shard_size,
         index_type=args.index_type, memory_budget_gb=args.memory_budget,
+        fragment_min_count=args.fragment_min_count, max_fragments=args.max_fragments,
         engine=args.engine, ray_address=args.ray_address, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
     )
     result = indexer.build(args.prompts, args.out, config=config, device=args.device, progress=not args.quiet,
@@ -205,15 +213,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     st = result.stats
     print(f"built {result.path}: {result.rows} prompts "
           f"({st['values_read']} read, {st['exact_duplicates']} exact and {st['near_duplicates']} near duplicates, "
-          f"{st['empty'] + st['not_text']} empty or not text)")
+          f"{st['empty'] + st['not_text']} empty or not text), {st.get('fragments', 0)} fragments")
     return 0
-
-
-def report_skipped(skipped: Sequence[Any]) -> None:
-    from encoders.images import summarize_skipped
-
-    if skipped:
-        print(f"skipped {len(skipped)} file(s): " + "; ".join(summarize_skipped(list(skipped))), file=sys.stderr)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -236,7 +237,7 @@ def cmd_query(args: argparse.Namespace) -> int:
                 {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
                 for j, (i, s, t) in enumerate(zip(res.ids, res.scores, res.prompts))]} for res in results],
             "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
-        print(_escape_c1(json.dumps(doc, indent=2, ensure_ascii=False)))
+        print(escape_c1(json.dumps(doc, indent=2, ensure_ascii=False)))
     else:
         for res in results:
             print(f"image {printable(res.label)}" if res.kind == "image" else f"text {printable(repr(res.label))}")
@@ -247,16 +248,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _escape_c1(text: str) -> str:
-    """JSON escapes C0 controls itself; C1 controls (a terminal's CSI among them) are escaped here."""
-    return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
 
     from common.atomic import check_writable
+    from encoders.captioner import caption_files
     from encoders.images import collect_images
-    from evaluation.inputs import check_prediction_path, read_captions, write_predictions
+    from evaluation.inputs import check_prediction_path, write_predictions
     from evaluation.submission import confidence_path, duplicate_ids, write_confidence
     from retriever.weighting import Weighting
 
@@ -267,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     dupes = duplicate_ids([p.stem for p in image_set.paths])  # checked before the slow part
     if dupes:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
-    captions = read_captions(args.captions) if args.captions else None
+    captions, captioner = load_captions(args)
     r = open_retriever(args)
     from retriever.search import check_k
 
@@ -275,14 +272,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet)
     ids = [p.stem for p in emb.paths]
     texts = None
-    if captions is not None:
-        texts = [captions.by_image.get(i) for i in ids]
-        if captions.empty:
-            log.warning("%d image(s) have an empty caption and use the image query alone (e.g. %s)",
-                        len(captions.empty), captions.empty[0])
-        unknown = sorted(set(captions.by_image) - set(ids))
-        if unknown:
-            log.warning("%d caption(s) name images that were not predicted (e.g. %s)", len(unknown), unknown[0])
+    if captioner is not None:
+        texts = caption_files(captioner, emb.paths, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                              progress=not args.quiet)
+    elif captions is not None:
+        texts = report_captions(captions, ids)
     pred = r.predict(emb.vectors, k=args.k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
                      caption_space=args.caption_space)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -314,6 +308,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"MiniLM        {mini.model}  (dim {mini.dim}, max tokens {mini.max_seq_length})",
         *[f"{space + ' index':<14}{ix.type} ({ix.factory}) {ix.params or ''}  recall@10 vs exact {ix.recall_at_10}"
           for space, ix in m.indexes.items()],
+        ("fragments     none (format version 1: rebuild for interrogate's fragment vocabulary)" if m.fragments is None
+         else f"fragments     {m.fragments.rows} (held by >= {m.fragments.rule.get('min_count')} prompts, at most "
+              f"{m.fragments.rule.get('max_fragments')}), indexes "
+              + ", ".join(f"{sp} {ix.type}" for sp, ix in m.fragments.indexes.items())),
         "files:",
         *[f"  {name:<14}{format_bytes(f.bytes):>12}" for name, f in m.files.items()],
         f"  {'total':<14}{format_bytes(d['bytes_total']):>12}  ({d['bytes_per_prompt']:.0f} bytes per prompt)",
@@ -346,10 +344,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from .cli_compose import cmd_interrogate
     from .cli_eval import cmd_blend, cmd_eval
 
     return {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info,
-            "eval": cmd_eval, "blend": cmd_blend, "serve": cmd_serve}
+            "eval": cmd_eval, "blend": cmd_blend, "serve": cmd_serve, "interrogate": cmd_interrogate}
 
 
 def error_line(e: NearestPromptError) -> str:

@@ -32,6 +32,8 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    help="JSON report (a PNG plot is written beside it)")
     e.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="evaluate the first N prompts only (default: all)")
+    e.add_argument("--compose", choices=("best", "fast", "classic", "off"), default="best",
+                   help="add the composed prompt's row in this interrogate mode (off: skip it; it is the slow row)")
     add_model_args(e, building=False)
     add_common(e)
 
@@ -47,6 +49,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from common.atomic import check_writable
+    from composer import ComposeOptions
     from evaluation.inputs import read_pairs
     from evaluation.run import evaluate, write_report
     from indexer.exact_dedup import read_unique_prompts
@@ -71,7 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         route = "text-oracle" if args.text_oracle else "text-degraded"
         title = f"{route.replace('-', ' ')}: {args.prompts}"
     r = open_retriever(args)
-    report = evaluate(r, route=route, prompts=prompts, images=images, k=args.k, title=title,
+    compose = None if args.compose == "off" else ComposeOptions(mode=args.compose)
+    report = evaluate(r, route=route, prompts=prompts, images=images, k=args.k, title=title, compose=compose,
                       progress=not args.quiet)
     print(report.table())
     json_path, png = write_report(report, report_path)

@@ -18,7 +18,7 @@ import numpy as np
 import index_store
 from common.errors import InputError, ModelError
 from common.progress import progress_bar
-from encoders.clip import ClipEncoder, ClipSpec, load_clip, parse_clip_spec, resolve_spec
+from encoders.clip import ClipEncoder, ClipSpec, count_tokens, load_clip, load_tokenizer, parse_clip_spec, resolve_spec
 from encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
 from encoders.minilm import MiniLMEncoder, load_minilm
 from index_store.format import SPACES
@@ -83,6 +83,7 @@ class Retriever:
         else:
             self._minilm_spec = minilm
         self._clip_spec: ClipSpec | None = None
+        self._tokenizer: Any = None
         if isinstance(clip, ClipEncoder):
             self._check_model(clip)
             self._clip = clip
@@ -120,6 +121,16 @@ class Retriever:
             self._check_model(encoder)
             self._clip = encoder
         return self._clip
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """CLIP tokens of each text, untruncated, start and end included (the store's CLIP tokenizer; the
+        model's weights are not loaded for this)."""
+        if self._clip is not None:
+            return self._clip.count_tokens(texts)
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._clip_spec or resolve_spec(self.store.clip_info.spec(),
+                                                                             store=self.store.path))
+        return count_tokens(self._tokenizer, texts)
 
     def _check_model(self, encoder: ClipEncoder) -> None:
         built_with = self.store.clip_info
@@ -209,6 +220,16 @@ class Retriever:
         nb = search(index, queries, k=k)
         self.store.check_results(space, nb.ids, nb.scores)
         return nb
+
+    def search_fragments(self, queries: np.ndarray, *, k: int, space: str = "clip") -> Neighbors:
+        """The ``k`` fragments of the store's vocabulary nearest to unit query vectors of ``space`` (ids are
+        fragment rows: ``store.fragments.texts(ids)``); no columns for a version-1 store or an empty
+        vocabulary."""
+        fragments = self.store.fragments
+        n = len(queries)
+        if fragments is None or len(fragments) == 0 or k < 1:
+            return Neighbors(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32))
+        return search(fragments.indexes[check_space(space)], queries, k=min(k, len(fragments)))
 
     def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT, weighting: Weighting | None = None,
                 captions: Sequence[str | None] | None = None, caption_weight: float = 1.0,

@@ -63,3 +63,6 @@ echo "== query --text: a prompt of the index must come back first"
 echo "== predict: competition submission for the 7 images"
 "$NP" predict --index "$RUNS/index" "$DATA/eval/kaggle_sample/images" --out "$RUNS/submission.csv"
 head -3 "$RUNS/submission.csv"
+
+echo "== interrogate: a prompt to paste for each of the 7 images"
+"$NP" interrogate --index "$RUNS/index" "$DATA/eval/kaggle_sample/images"

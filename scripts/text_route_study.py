@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import os
 
 import numpy as np
@@ -33,7 +34,7 @@ from encoders.minilm import load_minilm  # noqa: E402
 from indexer.shards import embed_in_shards  # noqa: E402
 
 
-def prepare(pool_size: int, heldout_per_group: int) -> None:
+def prepare(pool_size: int, heldout_per_group: int, *, split_only: bool = False) -> None:
     data = shared_data_dir()
     table = pq.read_table(data / "prompts" / "sd_prompts.parquet")
     prompts = table.column("prompt").to_pylist()
@@ -52,6 +53,12 @@ def prepare(pool_size: int, heldout_per_group: int) -> None:
     held_groups = ["discord"] * heldout_per_group + ["chatgpt_style"] * heldout_per_group + ["kaggle"] * len(kaggle)
     pq.write_table(pa.table({"prompt": held_prompts, "group": held_groups}), OUT / "heldout.parquet")
     pq.write_table(pa.table({"prompt": [prompts[i] for i in pool]}), OUT / "pool.parquet")
+    for half, name in ((1, "test"), (0, "tune")):  # the halves the report uses, as prompt files for `eval`
+        sel = [p for p in held_prompts if hashlib.blake2b(p.encode(), digest_size=1).digest()[0] % 2 == half]
+        pq.write_table(pa.table({"prompt": sel}), OUT / f"heldout_{name}.parquet")
+    if split_only:  # the composer study (scripts/compose_study.sh) builds a store from the split instead
+        print(f"wrote the split to {OUT}: {len(held_prompts)} held-out, {len(pool)} pool prompts")
+        return
     minilm = load_minilm()
     enc = lambda b: minilm.encode(b, batch_size=len(b))  # noqa: E731
     embed_in_shards(held_prompts, encode=enc, dim=384, folder=OUT / "heldout_minilm", shard_size=5000,
@@ -68,10 +75,11 @@ if __name__ == "__main__":
     p = sub.add_parser("prepare")
     p.add_argument("--pool", type=int, default=200_000)
     p.add_argument("--heldout", type=int, default=1000)
+    p.add_argument("--split-only", action="store_true", help="write the split, embed nothing")
     r = sub.add_parser("report")
     r.add_argument("--sizes", default="10000,50000,100000,200000")
     a = ap.parse_args()
     if a.cmd == "prepare":
-        prepare(a.pool, a.heldout)
+        prepare(a.pool, a.heldout, split_only=a.split_only)
     else:
         report([int(s) for s in a.sizes.split(",")])

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import NearestPromptError, StoreError
+from composer import ComposeOptions, Composer
 from retriever import Retriever
 from retriever.search import check_k
 from retriever.weighting import Weighting
@@ -45,6 +46,8 @@ from .parsing import (
 from .schemas import (
     ErrorResponse,
     HealthResponse,
+    InterrogateRequest,
+    InterrogateResponse,
     KnnRequest,
     KnnResult,
     MetadataItem,
@@ -261,6 +264,22 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
                                        caption_weight=req.caption_weight, caption_space=req.caption_space)
         return {"results": [{"vector": v.tolist(), "confidence": float(c), "top_score": None if np.isnan(t) else float(t)}
                             for v, c, t in zip(pred.vectors, pred.confidence, pred.top_score)], "note": r.store.note}
+
+    @app.post("/interrogate", response_model=InterrogateResponse, responses=ERRORS,
+              summary="a prompt to paste into a generator, composed for one image",
+              openapi_extra=_body(InterrogateRequest, "image"))
+    async def interrogate(request: Request) -> dict[str, Any]:
+        req, files = await parse_body(request, InterrogateRequest, file_field="image", many=False)
+        r = current()
+        check_k(req.k, r.rows)
+        image = files[0] if files else b64_image(req.image, field="image")
+        vectors = await service.encode(r, "image", await decode_images([image], settings))
+        composer = Composer(r, options=ComposeOptions(mode=req.mode, objective=req.objective, start=req.start,
+                                                      target_k=req.k, neighbors=min(req.neighbors, r.rows),
+                                                      fragments=req.fragments))
+        caption = req.caption if req.caption and req.caption.strip() else None
+        done = await run_in_threadpool(composer.interrogate, vectors, captions=[caption])
+        return {**done[0].to_dict(), "caption": caption, "note": r.store.note}
 
     # -- clip-retrieval's clip back protocol --------------------------------------------------------------
     @app.get("/indices-list", response_model=list[str], responses=ERRORS, summary="clip back: the index names")

@@ -67,6 +67,39 @@ class PredictResponse(BaseModel):
     note: str | None = None
 
 
+class InterrogateRequest(Strict):
+    """One image (base64 here, or a multipart file in ``image``), optionally its caption (the subject)."""
+
+    image: str = Field(..., description="base64 of an image file")
+    caption: str | None = Field(None, max_length=MAX_TEXT, description="starts the prompt (e.g. from a captioner)")
+    mode: Literal["best", "fast", "classic"] = "best"
+    objective: Literal["minilm", "clip"] = "minilm"
+    start: Literal["prompt", "clause"] = "prompt"
+    k: int = Field(10, ge=1, le=MAX_K, description="neighbours blended into the minilm objective's target")
+    neighbors: int = Field(10, ge=1, le=200, description="neighbour prompts whose clauses are candidates")
+    fragments: int | None = Field(None, ge=0, le=1000, description="nearest vocabulary fragments that are "
+                                  "candidates (null: 0 for minilm, 50 for clip)")
+
+
+class ComponentOut(BaseModel):
+    text: str
+    source: Literal["caption", "prompt", "neighbour", "fragment"]
+    similarity: float | None
+    score: float | None = Field(description="the objective once this part was appended (null: not scored)")
+
+
+class InterrogateResponse(BaseModel):
+    prompt: str = Field(description="the composed prompt, to paste into a generator")
+    objective: Literal["minilm", "clip"]
+    score: float | None
+    clip_similarity: float | None = Field(description="the prompt's CLIP similarity to the image")
+    tokens: int
+    components: list[ComponentOut]
+    minilm: list[float] = Field(description="the prompt's unit 384-d all-MiniLM-L6-v2 vector")
+    caption: str | None = None
+    note: str | None = None
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     rows: int

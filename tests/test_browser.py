@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devkit.serve import Server
+from index_store import open_store
 
 from .conftest import KAGGLE, need_data
 
@@ -57,6 +58,14 @@ def test_page_uploads_an_image_shows_prompts_and_copies_one(browser, cli_store_p
         page.wait_for_selector("#confidence:not([hidden])", timeout=60_000)
         assert "Prediction confidence" in page.text_content("#confidence")
         assert "random weights" in page.text_content("#note")  # the tiny test model says so on the page
+        page.wait_for_selector("#composed:not([hidden])", timeout=60_000)  # the composed prompt, to paste
+        with server.client() as c:
+            composed = c.post("/interrogate", files={"image": (KAGGLE / "images" / "20057f34d.png").read_bytes()},
+                              data={"k": str(min(10, open_store(cli_store_path).rows))}).json()["prompt"]
+        assert page.text_content("#composed-prompt") == composed and composed
+        page.click("#composed-copy")
+        page.wait_for_function("document.querySelector('#composed-copy').textContent === 'copied'")
+        assert page.evaluate("navigator.clipboard.readText()") == composed
         rows[1].query_selector(".copy").click()
         page.wait_for_function("document.querySelectorAll('#results .copy')[1].textContent === 'copied'")
         assert page.evaluate("navigator.clipboard.readText()") == prompts[1]

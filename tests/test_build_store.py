@@ -10,7 +10,7 @@ import pytest
 import index_store
 import indexer
 from common.errors import InputError
-from index_store.format import CLIP_INDEX, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
+from index_store.format import CLIP_INDEX, FRAGMENT_FILES, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
 from retriever import Retriever
 
 from .conftest import STORE_PROMPTS, corpus_slice
@@ -133,7 +133,7 @@ def test_failure_while_writing_store_keeps_old_store(tmp_path, build_config, cli
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(sys.modules["indexer.build"], "build_index", broken_build_index)  # the module, not the function
-    kept = r"resumable: the deduplicated prompts and 2 of 2 embedding shards"
+    kept = r"resumable: the deduplicated prompts and 4 of 4 embedding shards"  # MiniLM, CLIP, 2 of fragments
     with pytest.raises(InputError, match=r"the disk filled up .* " + kept):
         indexer.build([_small_corpus(tmp_path, 50, offset=300, name="b.txt")], out, config=build_config,
                       clip=clip_encoder, minilm=minilm, progress=False)
@@ -220,9 +220,12 @@ def test_moved_clip_folder_is_accepted_by_fingerprint(store_dir, tiny_clip_dir, 
 
 def test_manifest_is_self_describing(store_dir):
     m = json.loads((store_dir / MANIFEST).read_text())
-    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 1
-    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX}
+    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 2
+    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX, *FRAGMENT_FILES}
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
+    frag = m["fragments"]
+    assert frag["rows"] == frag["stats"]["kept"] > 0 and frag["rule"]["min_count"] == 3
+    assert {s: i["ntotal"] for s, i in frag["indexes"].items()} == {"clip": frag["rows"], "minilm": frag["rows"]}
     assert m["build"]["config"]["near_dup_threshold"] == 0.95
     assert {"torch", "faiss-cpu", "open_clip_torch", "sentence-transformers"} <= set(m["versions"])
     assert m["index"]["type"] == "flat" and m["index"]["recall_at_10"] == 1.0
@@ -263,7 +266,7 @@ def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
     with StoreWriter(tmp_path / "s") as w:
         w.write_minilm([x[:3], x[3:]], rows=10, dim=384)
         np.testing.assert_array_equal(np.load(w.minilm_path), x)
-        with pytest.raises(StoreError, match="9 MiniLM rows written"):
+        with pytest.raises(StoreError, match="9 rows written to minilm.npy"):
             w.write_minilm([x[:9]], rows=10, dim=384)
 
 

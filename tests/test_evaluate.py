@@ -126,7 +126,8 @@ def test_eval_cli_pairs_and_text_routes(cli_store_path, capsys, tmp_path):
     out = capsys.readouterr().out
     data = json.loads(rep.read_text())
     assert rep.with_suffix(".png").stat().st_size > 10_000
-    assert set(data["summary"]) == {"constant_prompt", "corpus_mean", "top1_prompt", "power_p6", "softmax_t0.01"}
+    assert set(data["summary"]) == {"constant_prompt", "corpus_mean", "top1_prompt", "power_p6", "softmax_t0.01",
+                                    "composed_prompt"}
     assert len(data["items"]) == 7 and "power_p6" in out
     assert 0.08 < data["summary"]["constant_prompt"]["mean"] < 0.12
 

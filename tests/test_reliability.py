@@ -131,10 +131,12 @@ def test_failed_build_keeps_only_resumable_shards_and_says_so(tmp_path, build_co
         indexer.build([small_corpus(tmp_path, 300, offset=900)], out, config=build_config,
                       clip=FailingEncoder(clip_encoder, 4), minilm=minilm, progress=False)
     work = tmp_path / ".store.build"
-    assert "build failed; resumable: the deduplicated prompts and 4 of 6 embedding shards" in caplog.text
+    # MiniLM 3 of 3, the fragment vocabulary's MiniLM and CLIP 1 + 1, CLIP text 1 of 3 (the encoder dies)
+    assert "build failed; resumable: the deduplicated prompts and 6 of 8 embedding shards" in caplog.text
     assert str(work) in caplog.text
     assert sorted(p.name for p in work.iterdir()) == sorted(
-        ["lock", "state.json", "prompts.arrow", "clean_stats.json", "minilm", "clip", "keep.npy"]
+        ["lock", "state.json", "prompts.arrow", "clean_stats.json", "minilm", "clip", "keep.npy", "fragments.arrow",
+         "fragments.json", "fragments_minilm", "fragments_clip"]
         + (["kept.arrow"] if (work / "kept.arrow").exists() else []))
     assert not list(work.rglob(".*tmp*")) and not (work / "exact_dedup").exists()
 
@@ -179,7 +181,9 @@ def test_clean_discards_resumable_work(tmp_path, build_config, clip_encoder, min
                       progress=False)
     counting = FailingEncoder(clip_encoder, -1)
     indexer.build([corpus], out, config=build_config, clip=counting, minilm=minilm, progress=False, clean=True)
-    assert counting.calls == -(-index_store.open_store(out).rows // 64)  # everything embedded again
+    store = index_store.open_store(out)
+    # everything embedded again: the prompts and the fragment vocabulary, in batches of 64
+    assert counting.calls == -(-store.rows // 64) + -(-len(store.fragments) // 64)
 
 
 def test_disk_full_while_writing_is_one_line_naming_what_was_kept(capsys, tmp_path, clip_spec, monkeypatch):
@@ -190,7 +194,8 @@ def test_disk_full_while_writing_is_one_line_naming_what_was_kept(capsys, tmp_pa
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 30), "--out", tmp_path / "s", "--clip",
                        clip_spec, "--shard-size", 16, "-q")
     assert_one_line_error(code, err, "--out: the disk filled up writing")
-    assert "clip.faiss" in err and "resumable: the deduplicated prompts and 4 of 4 embedding shards" in err
+    # MiniLM and CLIP text 2 shards each, the fragment vocabulary 1 + 1
+    assert "clip.faiss" in err and "resumable: the deduplicated prompts and 6 of 6 embedding shards" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [".s.build", "c.txt"]
 
 
@@ -413,6 +418,15 @@ BAD = {  # name: (argv after the store is filled in, the text the one line must 
                           "{tmp}/b.csv"], "--confidence: "),
     "blend_header_only": (["blend", "{in}/head1.csv", "{in}/head2.csv", "--out", "{tmp}/b.csv"], "holds no predictions"),
     "info_missing": (["info", "--index", "{tmp}/nothing"], "no index store at"),
+    "interrogate_k": (["interrogate", "--index", "{store}", "{kaggle}", "--k", "100000"], "--k: k=100000 is larger"),
+    "interrogate_pixels": (["interrogate", "--index", "{store}", "{in}/big.png", "--max-pixels", "10"], "--max-pixels: "),
+    "interrogate_empty_image": (["interrogate", "--index", "{store}", "{in}/bomb.png"], "not an image"),
+    "interrogate_captions_utf8": (["interrogate", "--index", "{store}", "{kaggle}", "--captions", "{in}/latin1.csv"],
+                                  "--captions: "),
+    "interrogate_fragments": (["interrogate", "--index", "{store}", "{kaggle}", "--fragments", "-1"], "--fragments: "),
+    "interrogate_missing": (["interrogate", "--index", "{tmp}/nothing", "{kaggle}"], "no index store at"),
+    "build_max_fragments": (["build", "--prompts", "{in}/quote.csv", "--out", "{tmp}/s", "--max-fragments", "-1"],
+                            "--max-fragments: "),
 }
 
 

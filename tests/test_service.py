@@ -51,8 +51,8 @@ def test_health_info_and_the_page(server, cli_store_path):
         assert page.status_code == 200 and "nearest-prompt" in page.text and "/static/app.js" in page.text
         assert c.get("/static/app.js").status_code == 200 and c.get("/static/style.css").status_code == 200
         paths = set(c.get("/openapi.json").json()["paths"])
-        assert {"/health", "/info", "/query", "/predict", "/knn-service", "/metadata", "/indices-list", "/metrics",
-                "/admin/reload"} <= paths
+        assert {"/health", "/info", "/query", "/predict", "/interrogate", "/knn-service", "/metadata", "/indices-list",
+                "/metrics", "/admin/reload"} <= paths
 
 
 def test_query_by_image_text_and_embedding(server, cli_store_path, clip_encoder):
@@ -108,6 +108,27 @@ def test_predict_with_captions(server, cli_store_path, capsys, tmp_path):
         res = c.post("/predict", json={"images": [b64(IMAGES[0]), b64(IMAGES[1])], "k": 10,
                                        "captions": ["a crater on a planet", None], "caption_space": "minilm"}).json()
     np.testing.assert_allclose(np.array([r["vector"] for r in res["results"]]), np.load(npy), atol=2e-6)
+
+
+def test_interrogate_equals_the_cli(server, cli_store_path, capsys):
+    for mode in ("best", "fast"):
+        code, out, err = run(capsys, "interrogate", "--index", cli_store_path, IMAGES[0], "--k", "20", "--mode", mode,
+                             "--json", "-q")
+        assert code == 0, err
+        cli = json.loads(out)["results"][0]
+        with server.client() as c:
+            multipart = c.post("/interrogate", files={"image": IMAGES[0].read_bytes()},
+                               data={"k": "20", "mode": mode}).json()
+            as_json = c.post("/interrogate", json={"image": b64(IMAGES[0]), "k": 20, "mode": mode}).json()
+        for res in (multipart, as_json):
+            assert res["prompt"] == cli["prompt"] and res["components"] == cli["components"]
+            np.testing.assert_allclose(res["minilm"], cli["minilm"], atol=2e-6)
+            assert res["clip_similarity"] == pytest.approx(cli["clip_similarity"], abs=1e-5)
+            assert "random weights" in res["note"]
+    with server.client() as c:
+        res = c.post("/interrogate", json={"image": b64(IMAGES[1]), "k": 20, "caption": "a crater on the moon"}).json()
+    assert res["caption"] == "a crater on the moon" and res["prompt"].startswith("a crater on the moon")
+    assert res["components"][0] == {**res["components"][0], "source": "caption", "text": "a crater on the moon"}
 
 
 def _clip_client():
@@ -171,6 +192,12 @@ BAD_REQUESTS = [  # (method, path, kwargs, status, words in the error)
     ("post", "/predict", {"json": {"images": ["AAAA"], "k": 5, "captions": ["a", "b"]}}, 400, "captions"),
     ("post", "/predict", {"json": {"images": ["AAAA"], "weighting": "median"}}, 422, "weighting"),
     ("post", "/predict", {"files": {"image": b""}, "data": {"k": "5"}}, 400, "empty"),
+    ("post", "/interrogate", {"json": {}}, 422, "image"),
+    ("post", "/interrogate", {"json": {"image": "AAAA", "mode": "longest"}}, 422, "mode"),
+    ("post", "/interrogate", {"json": {"image": base64.b64encode(b"hello").decode(), "k": 20}}, 400,
+     "not a readable image"),
+    ("post", "/interrogate", {"json": {"image": "AAAA", "k": 9999}}, 400, "larger than the index"),
+    ("post", "/interrogate", {"files": {"image": b"x"}, "data": {"objective": "beauty"}}, 422, "objective"),
     ("post", "/knn-service", {"json": {"text": "x", "indice_name": "laion5B"}}, 400, "no index 'laion5B'"),
     ("post", "/knn-service", {"json": {"num_images": 2}}, 400, "exactly one"),
     ("post", "/metadata", {"json": {"ids": [10 ** 9]}}, 400, "not a row"),

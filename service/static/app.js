@@ -1,8 +1,9 @@
-// nearest-prompt's page: plain JS, no build step. Talks to /query and /predict of the same server.
+// nearest-prompt's page: plain JS, no build step. Talks to /query, /predict and /interrogate of the same server.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { lastImage: null, lastText: null, rows: 100 };
 const PREDICT_K = 100;  // neighbours blended for the confidence, as `nearest-prompt predict` does
+const COMPOSE_K = 10;  // neighbours blended into the composer's target, as `nearest-prompt interrogate` does
 
 function headers(json) {
   const h = json ? { "Content-Type": "application/json" } : {};
@@ -84,6 +85,7 @@ async function searchImage(file) {
   $("preview").src = url; $("preview").hidden = false;
   setStatus("searching…");
   $("confidence").hidden = true;
+  $("composed").hidden = true;
   try {
     const q = new FormData(); q.append("image", file); q.append("k", String(k()));
     const p = new FormData(); p.append("image", file); p.append("k", String(Math.min(PREDICT_K, state.rows)));
@@ -93,17 +95,28 @@ async function searchImage(file) {
     $("confidence").textContent = `Prediction confidence ${r.confidence.toFixed(3)} (how much the neighbours agree; ` +
       `best similarity ${r.top_score === null ? "–" : r.top_score.toFixed(3)})`;
     $("confidence").hidden = false;
-    setStatus(`${res.neighbors.length} nearest prompts`);
+    setStatus(`${res.neighbors.length} nearest prompts; composing a prompt…`);
+    const c = new FormData(); c.append("image", file); c.append("k", String(Math.min(COMPOSE_K, state.rows)));
+    const composed = await post("/interrogate", c);
+    showComposed(composed);
+    setStatus(`${res.neighbors.length} nearest prompts, and a composed one`);
   } catch (e) {
     $("results").replaceChildren();
     setStatus(e.message, true);
   }
 }
 
+function showComposed(c) {
+  $("composed-prompt").textContent = c.prompt;
+  const sim = c.clip_similarity === null ? "–" : c.clip_similarity.toFixed(3);
+  $("composed-meta").textContent = `${c.components.length} parts, ${c.tokens} tokens, CLIP similarity ${sim}`;
+  $("composed").hidden = false;
+}
+
 async function searchText(text) {
   if (!text.trim()) { setStatus("type a text to search for", true); return; }
   state.lastText = text; state.lastImage = null;
-  $("preview").hidden = true; $("confidence").hidden = true;
+  $("preview").hidden = true; $("confidence").hidden = true; $("composed").hidden = true;
   setStatus("searching…");
   try {
     const res = await post("/query", { text: text, k: k() });
@@ -129,6 +142,7 @@ $("k").addEventListener("input", () => { $("k-out").textContent = $("k").value; 
 $("k").addEventListener("change", () => {
   if (state.lastImage) searchImage(state.lastImage); else if (state.lastText) searchText(state.lastText);
 });
+$("composed-copy").addEventListener("click", () => copyText($("composed-prompt").textContent, $("composed-copy")));
 $("token").value = localStorage.getItem("np-token") || "";
 fetch("/health").then((r) => r.json()).then((h) => {
   state.rows = h.rows;
