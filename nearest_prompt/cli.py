@@ -264,8 +264,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     dupes = duplicate_ids([p.stem for p in image_set.paths])  # checked before the slow part
     if dupes:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
+    r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
     captions, captioner = load_captions(args)
-    r = open_retriever(args)
     from retriever.search import check_k
 
     check_k(args.k, r.rows)

@@ -97,9 +97,9 @@ def cmd_interrogate(args: argparse.Namespace) -> int:
     options = ComposeOptions(mode=args.mode, objective=args.objective, neighbors=args.neighbors,
                              fragments=args.fragments, start=args.start, target_k=args.k).validate()
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive)
-    captions, captioner = load_captions(args)
-    r = open_retriever(args)
+    r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
     check_k(args.k, r.rows)
+    captions, captioner = load_captions(args)
     composer = Composer(r, options=options)
     if not composer.has_vocabulary:
         log.warning("this index has no fragment vocabulary (format version 1): composing from the neighbours' "
