@@ -169,8 +169,9 @@ class Composer:
         o = self.options
         nb = self.r.search(images, k=min(o.neighbors, self.r.rows))
         if o.objective == "minilm":
+            fused = captions if captions is not None and any(captions) else None
             targets = self.r.predict(images, k=min(o.target_k, self.r.rows), weighting=weighting,
-                                     captions=captions).vectors
+                                     captions=fused).vectors
         else:
             targets = images
         return self.compose(targets, neighbors=nb, captions=captions, images=images)

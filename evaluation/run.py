@@ -58,22 +58,12 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
     settings = {"index": str(r.store.path), "rows": r.rows, "k": k,
                 "weightings": {n: vars(w) for n, w in weightings.items()},
                 "compose": None if compose is None else vars(compose)}
-    composer = None
+    composer = compose_fn = None
     if compose is not None:
         text_route = route != "pairs"
         composer = Composer(r, options=replace(compose, objective="minilm") if text_route else compose)
+        compose_fn = _composing(composer, progress=progress)
 
-    def compose_fn(nb, targets, captions):
-        with progress_bar(total=len(nb.ids), desc="composing", enabled=progress, unit="query") as bar:
-            parts = []
-            for start in range(0, len(nb.ids), COMPOSE_CHUNK):
-                part = slice(start, start + COMPOSE_CHUNK)
-                sub = Neighbors(nb.ids[part], nb.scores[part])
-                done = composer.compose(None if targets is None else targets[part], neighbors=sub,
-                                        captions=None if captions is None else captions[part])
-                parts.append(np.stack([c.minilm for c in done]))
-                bar.update(len(done))
-        return np.concatenate(parts)
     report = EvalReport(title, items, settings=settings)
 
     def row_keys(ids: np.ndarray) -> np.ndarray:
@@ -94,16 +84,35 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
     elif route == "text-oracle":
         methods = text_oracle_methods(truth, dedup_keys(prompts), index=minilm_index, minilm=minilm,
                                       row_keys=row_keys, k=k, weightings=weightings,
-                                      compose=compose_fn if composer else None)
+                                      compose=compose_fn)
     else:
         clause_texts = [first_clause(p) for p in prompts]
         clauses = r.embed_texts(clause_texts, space="minilm")
         methods = text_degraded_methods(truth, clauses, dedup_keys(prompts), index=minilm_index, minilm=minilm,
                                         row_keys=row_keys, k=k, weightings=weightings, clauses=clause_texts,
-                                        compose=compose_fn if composer else None)
+                                        compose=compose_fn)
     for m in baselines(truth, constant=constant, corpus_mean=corpus_mean_vector(minilm)) + methods:
         report.add(m)
     return report
+
+
+def _composing(composer: Composer, *, progress: bool):
+    """The ``compose`` callable of the text routes: MiniLM vectors of the prompts composed from each query's
+    neighbours (towards ``targets``, or the composer's own target), ``COMPOSE_CHUNK`` queries at a time."""
+
+    def compose_fn(nb: Neighbors, targets: np.ndarray | None, captions: Sequence[str] | None) -> np.ndarray:
+        parts = []
+        with progress_bar(total=len(nb.ids), desc="composing", enabled=progress, unit="query") as bar:
+            for start in range(0, len(nb.ids), COMPOSE_CHUNK):
+                part = slice(start, start + COMPOSE_CHUNK)
+                done = composer.compose(None if targets is None else targets[part],
+                                        neighbors=Neighbors(nb.ids[part], nb.scores[part]),
+                                        captions=None if captions is None else captions[part])
+                parts.append(np.stack([c.minilm for c in done]))
+                bar.update(len(done))
+        return np.concatenate(parts)
+
+    return compose_fn
 
 
 def write_report(report: EvalReport, path: str | Path) -> tuple[Path, Path]:
