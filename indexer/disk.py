@@ -14,6 +14,7 @@ from common.sizes import format_bytes
 from .readers import Source
 
 BYTES_PER_TEXT_VALUE = 25  # exact dedup: a 24-byte digest record and a code byte per value
+BYTES_PER_FRAGMENT_TEXT = 40  # a fragment's text, count and id
 MARGIN = 1.10  # headroom over the estimate
 
 
@@ -51,11 +52,16 @@ def corpus_size(sources: list[Source], *, limit: int | None = None) -> tuple[int
     return rows, text
 
 
-def estimate(rows: int, text_bytes: int, *, clip_dim: int, index_bytes: int) -> DiskEstimate:
+def estimate(rows: int, text_bytes: int, *, clip_dim: int, index_bytes: int, fragments: int = 0) -> DiskEstimate:
     """Work folder: cleaned text twice (dedup pass and prompts), dedup records, MiniLM (float16) and CLIP
-    (float32) shards. Store: prompts, MiniLM matrix, the two indexes (``index_bytes``)."""
-    work = 2 * text_bytes + BYTES_PER_TEXT_VALUE * rows + rows * 384 * 2 + rows * clip_dim * 4
-    store = text_bytes + 16 * rows + rows * 384 * 2 + index_bytes
+    (float32) shards, the fragments' text and float16 shards. Store: prompts, MiniLM matrix, the two
+    indexes (``index_bytes``), the fragment vocabulary (at most ``fragments`` rows: float16 vectors and a
+    flat float32 index per space)."""
+    frag_dims = 384 + clip_dim
+    work = (2 * text_bytes + BYTES_PER_TEXT_VALUE * rows + rows * 384 * 2 + rows * clip_dim * 4
+            + fragments * (BYTES_PER_FRAGMENT_TEXT + frag_dims * 2))
+    store = (text_bytes + 16 * rows + rows * 384 * 2 + index_bytes
+             + fragments * (BYTES_PER_FRAGMENT_TEXT + frag_dims * (2 + 4)))
     return DiskEstimate(rows=rows, text_bytes=text_bytes, work_bytes=work, store_bytes=store)
 
 

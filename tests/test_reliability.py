@@ -121,6 +121,10 @@ def test_disk_estimate_grows_with_the_corpus_and_the_clip_dimension():
     assert big.work_bytes == 2 * small.work_bytes and big.store_bytes == 2 * small.store_bytes
     # float16 MiniLM + float32 CLIP shards per prompt, 2 copies of the text, dedup records
     assert small.work_bytes == 2 * 100_000 + 25 * 1000 + 1000 * 384 * 2 + 1000 * 512 * 4
+    # the fragment vocabulary: text, float16 shards; in the store float16 vectors and a flat float32 index
+    with_fragments = estimate(1000, 100_000, clip_dim=512, index_bytes=0, fragments=100)
+    assert with_fragments.work_bytes - small.work_bytes == 100 * (40 + 896 * 2)
+    assert with_fragments.store_bytes - small.store_bytes == 100 * (40 + 896 * 6)
 
 
 def test_failed_build_keeps_only_resumable_shards_and_says_so(tmp_path, build_config, clip_encoder, minilm, caplog):
