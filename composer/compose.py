@@ -216,13 +216,9 @@ class Composer:
             raise InputError(f"{len(captions)} captions for {n} queries", param="captions")
         captions = [clean_prompt(c) if c else None for c in (captions or [None] * n)]
         pools = self._pools(targets, neighbors)
-        cap_vecs = self._encode_some([c for c in captions if c])
-        cap_iter = iter(cap_vecs)
-        cap_vectors = [next(cap_iter) if c else None for c in captions]
+        cap_vectors = self._encode_present(captions)
         use_top = o.start == "prompt" and o.mode != "classic"  # classic fills slots after a short subject
-        tops = self._encode_some([p.top_prompt for p, c in zip(pools, captions) if not c]) if use_top else []
-        top_iter = iter(tops)
-        tops = [next(top_iter) if use_top and not c else None for c in captions]
+        tops = self._encode_present([p.top_prompt if use_top and not c else None for p, c in zip(pools, captions)])
         prompts = [self._start(pool, t, c, v, top) for pool, t, c, v, top in
                    zip(pools, targets, captions, cap_vectors, tops)]
         if o.mode == "best":
@@ -247,6 +243,11 @@ class Composer:
         if not texts:
             return np.zeros((0, self._dim()), dtype=np.float32)
         return self.r.embed_texts(list(texts), space=self.options.objective)
+
+    def _encode_present(self, texts: Sequence[str | None]) -> list[np.ndarray | None]:
+        """Vectors of the texts that are there (one encoder call), None where a text is None or empty."""
+        vectors = iter(self._encode_some([t for t in texts if t]))
+        return [next(vectors) if t else None for t in texts]
 
     # -- the subject --------------------------------------------------------------------------------
     def _start(self, pool: Pool, target: np.ndarray, caption: str | None, cap_vector: np.ndarray | None,
@@ -275,13 +276,10 @@ class Composer:
         w_p = max(prompt.tokens - 2, 0)
         w_c = np.maximum(pool.tokens - 2, 1)[:, None].astype(np.float32)
         mixed = w_p * prompt.vector[None, :] + w_c * pool.vectors
-        norms = np.linalg.norm(mixed, axis=1)
-        est = (mixed @ target) / np.where(norms > 0, norms, 1.0)
-        fits = prompt.tokens + pool.tokens - 2 + 1 <= self.max_tokens  # joined with ", " (one token)
-        usable = fits.copy()
+        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+        usable = prompt.tokens + pool.tokens - 2 + 1 <= self.max_tokens  # joined with ", " (one token)
         usable[list(prompt.used)] = False
-        est = np.where(usable, est, -np.inf)
-        return est, mixed / np.where(norms > 0, norms, 1.0)[:, None]
+        return np.where(usable, mixed @ target, -np.inf), mixed
 
     def _chain_exact(self, pools: list[Pool], targets: np.ndarray, prompts: list[_Prompt]) -> None:
         o = self.options

@@ -20,17 +20,24 @@ TINY_PREPROCESS_CFG = {"size": 64}
 
 def make_tiny_clip(folder: str | Path, *, seed: int = 0) -> Path:
     """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` into ``folder``."""
+    import open_clip
+
+    return _save_random(open_clip.CLIP, TINY_MODEL_CFG, folder, seed=seed)
+
+
+def _save_random(model_class: type, model_cfg: dict, folder: str | Path, *, seed: int) -> Path:
+    """``model_class`` built from ``model_cfg`` with seeded random weights, saved as a ``local-dir:`` folder
+    marked random (``encoders.clip.save_local_dir``)."""
     import copy
 
-    import open_clip
     import torch
 
     from encoders.clip import save_local_dir
 
     torch.manual_seed(seed)
-    cfg = copy.deepcopy(TINY_MODEL_CFG)
-    model = open_clip.CLIP(**cfg)
-    return save_local_dir(model, folder, model_cfg=TINY_MODEL_CFG, preprocess_cfg=TINY_PREPROCESS_CFG,
+    cfg = copy.deepcopy(model_cfg)
+    cfg.pop("custom_text", None)  # a config key of open_clip's factory, not a constructor argument
+    return save_local_dir(model_class(**cfg), folder, model_cfg=model_cfg, preprocess_cfg=TINY_PREPROCESS_CFG,
                           random_weights=True)
 
 
@@ -49,16 +56,6 @@ TINY_COCA_CFG = {
 def make_tiny_coca(folder: str | Path, *, seed: int = 0) -> Path:
     """A tiny open_clip CoCa (the captioner's architecture: image tower, text tower, multimodal decoder)
     with random weights, as a ``local-dir:`` folder. Its captions are noise; it exercises the code path."""
-    import copy
-
     import open_clip
-    import torch
 
-    from encoders.clip import save_local_dir
-
-    torch.manual_seed(seed)
-    cfg = copy.deepcopy(TINY_COCA_CFG)
-    cfg.pop("custom_text")
-    model = open_clip.CoCa(**cfg)
-    return save_local_dir(model, folder, model_cfg=TINY_COCA_CFG, preprocess_cfg=TINY_PREPROCESS_CFG,
-                          random_weights=True)
+    return _save_random(open_clip.CoCa, TINY_COCA_CFG, folder, seed=seed)

@@ -17,8 +17,10 @@ from typing import Any
 
 from common.device import resolve_device
 from common.errors import InputError, ModelError
+from common.progress import progress_bar
 
 from .clip import ClipSpec, locate_weights, parse_clip_spec
+from .images import DEFAULT_MAX_PIXELS, load_image
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +103,6 @@ def load_captioner(spec: ClipSpec, *, device: str | None = None) -> Captioner:
 def caption_files(captioner: Captioner, paths: Sequence[Any], *, batch_size: int = 8, max_pixels: int | None = None,
                   progress: bool = False) -> list[str]:
     """Captions of image files, read (``encoders.images.load_image``) and captioned a batch at a time."""
-    from common.progress import progress_bar
-
-    from .images import DEFAULT_MAX_PIXELS, load_image
-
     out: list[str] = []
     with progress_bar(total=len(paths), desc="captions", enabled=progress, unit="img") as bar:
         for start in range(0, len(paths), batch_size):

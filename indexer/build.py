@@ -297,8 +297,7 @@ def _write_fragments(writer: index_store.StoreWriter, fragments: PromptFile, met
     for space in SPACES:
         matrix = ShardedMatrix(paths[space])
         writer.write_matrix(writer.fragment_vectors_path(space).name,
-                            (block for _, block in float_blocks(matrix, 65_536)) if n else [],
-                            rows=n, dim=dims[space])
+                            (block for _, block in float_blocks(matrix, 65_536)), rows=n, dim=dims[space])
         stored = np.load(writer.fragment_vectors_path(space), mmap_mode="r")
         indexes[space] = IndexInfo.from_dict(build_index(stored, plan_index(n, dims[space]),
                                                          path=writer.fragment_index_path(space), seed=seed,

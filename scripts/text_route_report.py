@@ -43,6 +43,11 @@ KMAX = max(KS)
 OUT = Path(os.environ.get("NP_RUNS", "runs")) / "text_study"  # written by text_route_study.py prepare
 
 
+def is_test(prompt: str) -> bool:
+    """The held-out prompt's half: "test" (report) when True, "tune" (choose) when False, by hash."""
+    return hashlib.blake2b(prompt.encode(), digest_size=1).digest()[0] % 2 == 1
+
+
 def load_split():
     held = pq.read_table(OUT / "heldout.parquet")
     pool = pq.read_table(OUT / "pool.parquet")
@@ -78,7 +83,7 @@ def report(sizes: list[int]) -> None:
         clauses, encode=lambda b: minilm.encode(b, batch_size=len(b)), dim=384, folder=OUT / "clause_minilm",
         shard_size=5000, batch_size=64, dtype=np.float32, desc="clauses", progress=False))[:], np.float32)
     constant = minilm.encode([CONSTANT_PROMPT])[0]
-    test = np.array([hashlib.blake2b(p.encode(), digest_size=1).digest()[0] % 2 == 1 for p in held_prompts])
+    test = np.array([is_test(p) for p in held_prompts])
     tune = ~test
     held_keys = dedup_keys(held_prompts)
     n_pool = len(pool_vec)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import os
 
 import numpy as np
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from text_route_report import OUT, report  # noqa: E402  (the report reads what prepare writes)
+from text_route_report import OUT, is_test, report  # noqa: E402  (the report reads what prepare writes)
 
 from devkit.paths import shared_data_dir  # noqa: E402
 from encoders.minilm import load_minilm  # noqa: E402
@@ -53,8 +52,8 @@ def prepare(pool_size: int, heldout_per_group: int, *, split_only: bool = False)
     held_groups = ["discord"] * heldout_per_group + ["chatgpt_style"] * heldout_per_group + ["kaggle"] * len(kaggle)
     pq.write_table(pa.table({"prompt": held_prompts, "group": held_groups}), OUT / "heldout.parquet")
     pq.write_table(pa.table({"prompt": [prompts[i] for i in pool]}), OUT / "pool.parquet")
-    for half, name in ((1, "test"), (0, "tune")):  # the halves the report uses, as prompt files for `eval`
-        sel = [p for p in held_prompts if hashlib.blake2b(p.encode(), digest_size=1).digest()[0] % 2 == half]
+    for test, name in ((True, "test"), (False, "tune")):  # the halves the report uses, as prompt files for `eval`
+        sel = [p for p in held_prompts if is_test(p) == test]
         pq.write_table(pa.table({"prompt": sel}), OUT / f"heldout_{name}.parquet")
     if split_only:  # the composer study (scripts/compose_study.sh) builds a store from the split instead
         print(f"wrote the split to {OUT}: {len(held_prompts)} held-out, {len(pool)} pool prompts")

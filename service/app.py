@@ -275,7 +275,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         image = files[0] if files else b64_image(req.image, field="image")
         vectors = await service.encode(r, "image", await decode_images([image], settings))
         composer = Composer(r, options=ComposeOptions(mode=req.mode, objective=req.objective, start=req.start,
-                                                      target_k=req.k, neighbors=min(req.neighbors, r.rows),
+                                                      target_k=req.k, neighbors=req.neighbors,
                                                       fragments=req.fragments))
         caption = req.caption if req.caption and req.caption.strip() else None
         done = await run_in_threadpool(composer.interrogate, vectors, captions=[caption])
