@@ -13,7 +13,7 @@ class DyingOnceClip:
     it lives. Pickles as (spec, marker), so a Ray worker loads the model itself."""
 
     def __init__(self, spec: str, marker: str | Path):
-        from encoders.clip import load_clip, parse_clip_spec
+        from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
 
         self.spec, self.marker = spec, Path(marker)
         self._encoder = load_clip(parse_clip_spec(spec), device="cpu")

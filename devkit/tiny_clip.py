@@ -32,7 +32,7 @@ def _save_random(model_class: type, model_cfg: dict, folder: str | Path, *, seed
 
     import torch
 
-    from encoders.clip import save_local_dir
+    from nearest_prompt.encoders.clip import save_local_dir
 
     torch.manual_seed(seed)
     cfg = copy.deepcopy(model_cfg)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common.errors import StoreError
-from encoders.clip import ClipInfo
-from encoders.minilm import MiniLMInfo
+from nearest_prompt.common.errors import StoreError
+from nearest_prompt.encoders.clip import ClipInfo
+from nearest_prompt.encoders.minilm import MiniLMInfo
 
 from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST, MANIFEST_INDEX_KEYS, READABLE_VERSIONS, SPACES
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from common.checksums import block_sha256, file_digests
-from common.errors import StoreError
-from encoders.clip import ClipInfo
-from encoders.minilm import MiniLMInfo
+from nearest_prompt.common.checksums import block_sha256, file_digests
+from nearest_prompt.common.errors import StoreError
+from nearest_prompt.encoders.clip import ClipInfo
+from nearest_prompt.encoders.minilm import MiniLMInfo
 
 from .format import (
     FILES,
@@ -98,7 +98,7 @@ class Store:
     def describe(self) -> dict[str, Any]:
         """What ``nearest-prompt info --json`` prints and the service's ``/info`` returns: the manifest, sizes,
         whether the indexes are memory-mapped, the library versions running now, and the note."""
-        from common.version import library_versions
+        from nearest_prompt.common.version import library_versions
 
         total = sum(f.bytes for f in self.manifest.files.values())
         return {**self.manifest.to_dict(), "path": str(self.path), "bytes_total": total,

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from common.atomic import TMP_MARK, fsync_dir, replace_dir, temp_sibling, write_bytes_atomic
-from common.checksums import file_digests
-from common.errors import InputError, StoreError
+from nearest_prompt.common.atomic import TMP_MARK, fsync_dir, replace_dir, temp_sibling, write_bytes_atomic
+from nearest_prompt.common.checksums import file_digests
+from nearest_prompt.common.errors import InputError, StoreError
 
 from .format import (
     BLOCK_BYTES,

@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-import index_store
-from common.atomic import atomic_path, write_bytes_atomic
-from common.errors import InputError, NearestPromptError
-from common.progress import progress_bar
-from common.version import library_versions
-from encoders.clip import ClipEncoder, load_clip, parse_clip_spec, portable_spec
-from encoders.minilm import MiniLMEncoder, load_minilm
-from index_store import SPACES, FragmentsInfo, IndexInfo, Manifest
+from nearest_prompt import index_store
+from nearest_prompt.common.atomic import atomic_path, write_bytes_atomic
+from nearest_prompt.common.errors import InputError, NearestPromptError
+from nearest_prompt.common.progress import progress_bar
+from nearest_prompt.common.version import library_versions
+from nearest_prompt.encoders.clip import ClipEncoder, load_clip, parse_clip_spec, portable_spec
+from nearest_prompt.encoders.minilm import MiniLMEncoder, load_minilm
+from nearest_prompt.index_store import SPACES, FragmentsInfo, IndexInfo, Manifest
 
 from .config import BuildConfig
 from .dedup import near_duplicate_keep

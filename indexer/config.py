@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common.errors import InputError
-from encoders.clip import DEFAULT_CLIP
-from encoders.minilm import DEFAULT_MINILM
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.encoders.clip import DEFAULT_CLIP
+from nearest_prompt.encoders.minilm import DEFAULT_MINILM
 
 ENGINES = ("local", "ray")
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95

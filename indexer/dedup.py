@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.progress import progress_bar
+from nearest_prompt.common.progress import progress_bar
 
 from .faiss_index import new_index, plan_index, train_ivf
 from .ivf_file import MappedIVF, write_ivf_file

@@ -7,9 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.atomic import existing_folder
-from common.errors import InputError
-from common.sizes import format_bytes
+from nearest_prompt.common.atomic import existing_folder
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.sizes import format_bytes
 
 from .readers import Source
 

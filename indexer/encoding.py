@@ -24,10 +24,10 @@ class TextEncoding:
         if self.encoder is not None:
             return self.encoder
         if self.kind == "minilm":
-            from encoders.minilm import load_minilm
+            from nearest_prompt.encoders.minilm import load_minilm
 
             return load_minilm(self.spec, device=self.device)
-        from encoders.clip import load_clip
+        from nearest_prompt.encoders.clip import load_clip
 
         return load_clip(self.spec, device=self.device)
 

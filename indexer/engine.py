@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from common.errors import InputError
+from nearest_prompt.common.errors import InputError
 
 from .config import ENGINES
 from .encoding import TextEncoding, encode_fn

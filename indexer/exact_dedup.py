@@ -34,8 +34,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from common.progress import progress_bar
-from common.text import CleanStats, clean_prompt, dedup_key
+from nearest_prompt.common.progress import progress_bar
+from nearest_prompt.common.text import CleanStats, clean_prompt, dedup_key
 
 from .prompt_file import SCHEMA  # one string column; here with nulls where a value is not text
 from .readers import Source, iter_values

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from common.topk import exact_knn, recall_at_k
+from nearest_prompt.common.topk import exact_knn, recall_at_k
 
 from .ivf_file import MapBlocks, MappedIVF, set_ivf_file_nprobe, write_ivf_file
 from .shards import ShardedMatrix, float_blocks

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common.progress import progress_bar
-from common.text import split_fragments
+from nearest_prompt.common.progress import progress_bar
+from nearest_prompt.common.text import split_fragments
 
 COMPACT_ROWS = 4_000_000
 

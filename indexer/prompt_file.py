@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from common.atomic import atomic_path
+from nearest_prompt.common.atomic import atomic_path
 
 SCHEMA = pa.schema([("prompt", pa.string())])
 

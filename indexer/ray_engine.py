@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import InputError
-from common.progress import progress_bar
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.progress import progress_bar
 
 from .encoding import TextEncoding, encode_fn
 from .prompt_file import PromptFile

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import InputError
+from nearest_prompt.common.errors import InputError
 
 DEFAULT_COLUMN = "prompt"
 BATCH = 65_536

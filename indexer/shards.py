@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from common.atomic import atomic_path
-from common.progress import progress_bar
+from nearest_prompt.common.atomic import atomic_path
+from nearest_prompt.common.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.atomic import write_bytes_atomic
-from common.errors import BusyError
+from nearest_prompt.common.atomic import write_bytes_atomic
+from nearest_prompt.common.errors import BusyError
 
 log = logging.getLogger(__name__)
 

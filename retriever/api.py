@@ -15,13 +15,21 @@ from typing import Any
 
 import numpy as np
 
-import index_store
-from common.errors import InputError, ModelError
-from common.progress import progress_bar
-from encoders.clip import ClipEncoder, ClipSpec, count_tokens, load_clip, load_tokenizer, parse_clip_spec, resolve_spec
-from encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
-from encoders.minilm import MiniLMEncoder, load_minilm
-from index_store.format import SPACES
+from nearest_prompt import index_store
+from nearest_prompt.common.errors import InputError, ModelError
+from nearest_prompt.common.progress import progress_bar
+from nearest_prompt.encoders.clip import (
+    ClipEncoder,
+    ClipSpec,
+    count_tokens,
+    load_clip,
+    load_tokenizer,
+    parse_clip_spec,
+    resolve_spec,
+)
+from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
+from nearest_prompt.encoders.minilm import MiniLMEncoder, load_minilm
+from nearest_prompt.index_store.format import SPACES
 
 from .search import Neighbors, check_k, search
 from .weighting import Prediction, Weighting, blend, fuse

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import InputError
-from index_store.format import SPACES  # noqa: F401  (re-exported: the spaces a store searches)
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.index_store.format import SPACES  # noqa: F401  (re-exported: the spaces a store searches)
 
 QUERY_CHUNK = 4096
 

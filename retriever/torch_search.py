@@ -80,8 +80,8 @@ def to_search_backend(index: Any, backend: str, *, device: str | None = None) ->
     faiss-gpu if installed with a GPU, else torch on CUDA for flat indexes, else faiss CPU."""
     import faiss
 
-    from common.device import resolve_device
-    from common.errors import InputError
+    from nearest_prompt.common.device import resolve_device
+    from nearest_prompt.common.errors import InputError
 
     if backend not in ("auto", "faiss", "faiss-gpu", "torch"):
         raise InputError(f"search backend must be auto, faiss, faiss-gpu or torch, not {backend!r}")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import InputError, StoreError
-from index_store.format import MINILM
+from nearest_prompt.common.errors import InputError, StoreError
+from nearest_prompt.index_store.format import MINILM
 
 from .search import Neighbors
 

@@ -35,8 +35,7 @@ GiB = 2 ** 30
 
 
 def ours(limit: int | None, dim: int, out: Path) -> dict:
-    import indexer
-
+    from nearest_prompt import indexer
     shutil.rmtree(out, ignore_errors=True)
     cfg = indexer.BuildConfig(limit=limit, shard_size=100_000, batch_size=8192)
     t = time.perf_counter()
@@ -78,8 +77,9 @@ def open_rss(out: Path) -> dict:
     code = f"""
 import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 from bench_common import memory_status
-import index_store, faiss, numpy as np, pyarrow
-from index_store.reader import is_memory_mapped
+import faiss, numpy as np, pyarrow
+from nearest_prompt import index_store
+from nearest_prompt.index_store.reader import is_memory_mapped
 before = memory_status()["VmRSS"]
 s = index_store.open_store({str(out)!r}, verify="size")
 opened = memory_status()["VmRSS"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from encoders.clip import ClipInfo
-from encoders.minilm import MiniLMInfo
+from nearest_prompt.encoders.clip import ClipInfo
+from nearest_prompt.encoders.minilm import MiniLMInfo
 
 
 def memory_status() -> dict[str, int]:
@@ -57,7 +57,7 @@ class PeakRSS:
                     owner._sample()
                     owner.stage = msg.split(": ", 1)[1]
 
-        logger = logging.getLogger("indexer.build")
+        logger = logging.getLogger("nearest_prompt.indexer.build")
         logger.setLevel(logging.DEBUG)
         logger.addHandler(_Stages())
         return self

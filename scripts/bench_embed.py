@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from devkit.paths import shared_data_dir  # noqa: E402
-from indexer.shards import embed_in_shards  # noqa: E402
+from nearest_prompt.indexer.shards import embed_in_shards  # noqa: E402
 
 
 def sample_prompts(n: int) -> list[str]:
@@ -54,8 +54,8 @@ def main() -> None:
     import open_clip
     import torch
 
-    from encoders.clip import ClipEncoder, ClipInfo
-    from encoders.minilm import load_minilm
+    from nearest_prompt.encoders.clip import ClipEncoder, ClipInfo
+    from nearest_prompt.encoders.minilm import load_minilm
 
     texts = sample_prompts(a.n)
     b = a.batch_size

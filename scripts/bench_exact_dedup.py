@@ -49,8 +49,8 @@ def make_corpus(path: Path, copies: int) -> int:
 
 
 def run_ours(path: Path, limit: int | None) -> dict:
-    from indexer.exact_dedup import ExactDedup
-    from indexer.readers import check_sources
+    from nearest_prompt.indexer.exact_dedup import ExactDedup
+    from nearest_prompt.indexer.readers import check_sources
 
     with tempfile.TemporaryDirectory(prefix="np-bench-dedup-") as tmp:
         d = ExactDedup(check_sources([path]), folder=Path(tmp) / "w", limit=limit)
@@ -58,8 +58,8 @@ def run_ours(path: Path, limit: int | None) -> dict:
 
 
 def run_set(path: Path, limit: int | None) -> dict:
-    from common.text import CleanStats, clean_prompt, dedup_key
-    from indexer.readers import check_sources, iter_values
+    from nearest_prompt.common.text import CleanStats, clean_prompt, dedup_key
+    from nearest_prompt.indexer.readers import check_sources, iter_values
 
     seen: set[bytes] = set()
     stats = CleanStats()

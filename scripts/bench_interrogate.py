@@ -19,10 +19,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from composer import ComposeOptions, Composer  # noqa: E402
 from devkit.paths import shared_data_dir  # noqa: E402
-from encoders.images import load_image  # noqa: E402
-from retriever import Retriever  # noqa: E402
+from nearest_prompt.composer import ComposeOptions, Composer  # noqa: E402
+from nearest_prompt.encoders.images import load_image  # noqa: E402
+from nearest_prompt.retriever import Retriever  # noqa: E402
 
 
 def main() -> None:

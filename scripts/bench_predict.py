@@ -36,8 +36,8 @@ RUNS = Path("runs/bench_predict")
 
 
 def make_store(clip_dir: Path, rows: int, name: str) -> tuple[Path, object]:
-    import indexer
-    from encoders.clip import load_clip, parse_clip_spec
+    from nearest_prompt import indexer
+    from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
 
     enc = load_clip(parse_clip_spec(f"local-dir:{clip_dir}"), device="cpu")
     out = RUNS / name
@@ -64,8 +64,8 @@ def link_images(n: int, folder: Path) -> list[Path]:
 def profiled(r, paths: list[Path], k: int, batch: int = 16) -> dict:
     import torch
 
-    from encoders.images import load_image
-    from retriever.weighting import Weighting, blend
+    from nearest_prompt.encoders.images import load_image
+    from nearest_prompt.retriever.weighting import Weighting, blend
 
     t = dict.fromkeys(("decode", "preprocess", "clip_image_encoder", "search", "blend"), 0.0)
     enc = r.clip
@@ -113,7 +113,7 @@ def naive(r, paths: list[Path], k: int) -> dict:
 def cli_peak_rss(store: Path, folder: Path, out: Path, k: int) -> tuple[float, float]:
     """Run ``nearest-prompt predict`` in a child that reports its own peak RSS (ru_maxrss) on exit."""
     # VmHWM of the child's own address space: ru_maxrss would include the parent's RSS at fork on Linux
-    code = ("import sys; from nearest_prompt.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from nearest_prompt.cli.main import main; rc = main(sys.argv[1:]); "
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
             "print('PEAK', hwm, file=sys.stderr); sys.exit(rc)")
     t = time.perf_counter()
@@ -148,8 +148,8 @@ def main() -> None:
     import torch
 
     from devkit.tiny_clip import make_tiny_clip
-    from encoders.clip import save_local_dir
-    from retriever import Retriever
+    from nearest_prompt.encoders.clip import save_local_dir
+    from nearest_prompt.retriever import Retriever
 
     RUNS.mkdir(parents=True, exist_ok=True)
     clip_dir = RUNS / f"clip-{a.arch}"

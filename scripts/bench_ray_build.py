@@ -43,8 +43,7 @@ def main() -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    import index_store
-
+    from nearest_prompt import index_store
     RUNS.mkdir(parents=True, exist_ok=True)
     corpus = RUNS / f"slice_{a.prompts}.txt"
     table = pq.read_table(shared_data_dir() / "prompts" / "sd_prompts.parquet", columns=["prompt"])

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from common.topk import exact_knn, recall_at_k
+from nearest_prompt.common.topk import exact_knn, recall_at_k
 
 
 def make_data(n: int, d: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def timed(fn, reps: int) -> float:
 def bench(n: int, d: int, nq: int, hnsw_max: int, ivf_max: int, types: list[str]) -> list[dict]:
     import faiss
 
-    from indexer.faiss_index import build_index, plan_index
+    from nearest_prompt.indexer.faiss_index import build_index, plan_index
 
     x, q = make_data(n, d, nq)
     rows = []

@@ -39,7 +39,7 @@ NP = str(Path(sys.executable).parent / "nearest-prompt")
 def clip_dir(arch: str) -> Path:
     import open_clip
 
-    from encoders.clip import save_local_dir
+    from nearest_prompt.encoders.clip import save_local_dir
 
     folder = RUNS / f"clip_{arch}"
     if not (folder / "open_clip_config.json").exists():
@@ -51,8 +51,8 @@ def clip_dir(arch: str) -> Path:
 def make_store(clip: Path, rows: int) -> Path:
     """The first ``rows`` prompts of the shared corpus: the real MiniLM (the server loads it), stand-in
     CLIP text vectors under the random CLIP's identity (only the image side is timed)."""
-    import indexer
-    from encoders.clip import load_clip, parse_clip_spec
+    from nearest_prompt import indexer
+    from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
 
     out = RUNS / f"store_{clip.name}_{rows}"
     if not (out / "manifest.json").exists():
@@ -70,7 +70,7 @@ def batch_job(store: Path, images: Path, n: int, k: int) -> tuple[float, float]:
     subprocess.run([NP, "predict", "--index", str(store), str(images), "--out", str(out), "--k", str(k), "-q"],
                    check=True, stderr=subprocess.DEVNULL)
     whole = time.perf_counter() - t
-    from retriever import Retriever
+    from nearest_prompt.retriever import Retriever
 
     r = Retriever.open(store)
     r.clip  # noqa: B018 - loaded before timing

@@ -25,11 +25,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from text_route_report import OUT  # noqa: E402
 
-from common.text import dedup_keys  # noqa: E402
-from composer import ComposeOptions, Composer  # noqa: E402
-from evaluation.evaluate import cosine, exclude_self  # noqa: E402
-from retriever import Neighbors, Retriever, Weighting, blend  # noqa: E402
-from retriever.search import search  # noqa: E402
+from nearest_prompt.common.text import dedup_keys  # noqa: E402
+from nearest_prompt.composer import ComposeOptions, Composer  # noqa: E402
+from nearest_prompt.evaluation.evaluate import cosine, exclude_self  # noqa: E402
+from nearest_prompt.retriever import Neighbors, Retriever, Weighting, blend  # noqa: E402
+from nearest_prompt.retriever.search import search  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ tiny() {
 case "${NP_CLIP:-}" in
     "")
         echo "== CLIP: trying ViT-B-32 / laion2b_s34b_b79k (real weights, about 600 MB, downloaded once by open_clip)"
-        if timeout "${NP_DOWNLOAD_TIMEOUT:-900}" "$PY" -c 'from encoders.clip import load_clip, parse_clip_spec
+        if timeout "${NP_DOWNLOAD_TIMEOUT:-900}" "$PY" -c 'from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
 load_clip(parse_clip_spec("ViT-B-32", "laion2b_s34b_b79k"), device="cpu")' >/dev/null 2>&1; then
             CLIP=(--clip ViT-B-32 --pretrained laion2b_s34b_b79k)
             echo "== CLIP: ViT-B-32 / laion2b_s34b_b79k"
@@ -56,7 +56,7 @@ echo "== build: first $LIMIT prompts of $DATA/prompts/sd_prompts.parquet"
 echo "== query: the 7 competition images, top 3 each"
 "$NP" query --index "$RUNS/index" "$DATA/eval/kaggle_sample/images" --k 3
 
-PROMPT=$("$PY" -c "import index_store, sys; print(index_store.open_store(sys.argv[1]).prompts([0])[0])" "$RUNS/index")
+PROMPT=$("$PY" -c "import sys; from nearest_prompt import index_store; print(index_store.open_store(sys.argv[1]).prompts([0])[0])" "$RUNS/index")
 echo "== query --text: a prompt of the index must come back first"
 "$NP" query --index "$RUNS/index" --text "$PROMPT" --k 3
 

@@ -18,8 +18,8 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
-from encoders.minilm import load_minilm
-from evaluation.evaluate import (
+from nearest_prompt.encoders.minilm import load_minilm
+from nearest_prompt.evaluation.evaluate import (
     CONSTANT_PROMPT,
     confidence_report,
     corpus_mean_vector,
@@ -28,10 +28,10 @@ from evaluation.evaluate import (
     exclude_self,
     first_clause,
 )
-from indexer.dedup import keep_from_pairs, near_duplicate_pairs
-from indexer.shards import ShardedMatrix, embed_in_shards
-from retriever import Neighbors, Weighting, blend
-from retriever.search import search
+from nearest_prompt.indexer.dedup import keep_from_pairs, near_duplicate_pairs
+from nearest_prompt.indexer.shards import ShardedMatrix, embed_in_shards
+from nearest_prompt.retriever import Neighbors, Weighting, blend
+from nearest_prompt.retriever.search import search
 
 THRESHOLDS = (None, 0.98, 0.95, 0.90)
 DEFAULT_THRESHOLD = 0.95

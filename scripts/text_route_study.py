@@ -29,8 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from text_route_report import OUT, is_test, report  # noqa: E402  (the report reads what prepare writes)
 
 from devkit.paths import shared_data_dir  # noqa: E402
-from encoders.minilm import load_minilm  # noqa: E402
-from indexer.shards import embed_in_shards  # noqa: E402
+from nearest_prompt.encoders.minilm import load_minilm  # noqa: E402
+from nearest_prompt.indexer.shards import embed_in_shards  # noqa: E402
 
 
 def prepare(pool_size: int, heldout_per_group: int, *, split_only: bool = False) -> None:

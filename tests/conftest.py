@@ -49,14 +49,14 @@ def clip_spec(tiny_clip_dir) -> str:
 
 @pytest.fixture(scope="session")
 def clip_encoder(clip_spec):
-    from encoders.clip import load_clip, parse_clip_spec
+    from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
 
     return load_clip(parse_clip_spec(clip_spec), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    from encoders.minilm import load_minilm
+    from nearest_prompt.encoders.minilm import load_minilm
 
     return load_minilm(device="cpu")
 
@@ -73,15 +73,14 @@ def corpus_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def build_config(clip_spec):
-    from indexer import BuildConfig
+    from nearest_prompt.indexer import BuildConfig
 
     return BuildConfig(clip_model=clip_spec, shard_size=128, batch_size=64)
 
 
 @pytest.fixture(scope="session")
 def store_dir(tmp_path_factory, corpus_file, build_config, clip_encoder, minilm) -> Path:
-    import indexer
-
+    from nearest_prompt import indexer
     out = tmp_path_factory.mktemp("stores") / "store"
     indexer.build([corpus_file], out, config=build_config, clip=clip_encoder, minilm=minilm, progress=False)
     return out
@@ -89,14 +88,14 @@ def store_dir(tmp_path_factory, corpus_file, build_config, clip_encoder, minilm)
 
 @pytest.fixture(scope="session")
 def retriever(store_dir, clip_encoder):
-    from retriever import Retriever
+    from nearest_prompt.retriever import Retriever
 
     return Retriever.open(store_dir, clip=clip_encoder)
 
 
 def run(capsys, *argv):
     """``nearest-prompt ARGV`` in this process: (exit status, stdout, stderr)."""
-    from nearest_prompt.cli import main
+    from nearest_prompt.cli.main import main
 
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -126,7 +125,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="session")
 def cli_store_path(tmp_path_factory, clip_spec):
     """A store built through the CLI (``nearest-prompt build``) from a small text corpus."""
-    from nearest_prompt.cli import main
+    from nearest_prompt.cli.main import main
 
     tmp = tmp_path_factory.mktemp("cli")
     corpus = tmp / "prompts.txt"

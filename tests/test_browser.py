@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devkit.serve import Server
-from index_store import open_store
+from nearest_prompt.index_store import open_store
 
 from .conftest import KAGGLE, need_data
 

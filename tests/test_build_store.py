@@ -7,11 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-import index_store
-import indexer
-from common.errors import InputError
-from index_store.format import CLIP_INDEX, FRAGMENT_FILES, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
-from retriever import Retriever
+from nearest_prompt import index_store, indexer
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.index_store.format import CLIP_INDEX, FRAGMENT_FILES, MANIFEST, MINILM, MINILM_INDEX, PROMPTS
+from nearest_prompt.retriever import Retriever
 
 from .conftest import STORE_PROMPTS, corpus_slice
 
@@ -22,7 +21,7 @@ def test_store_round_trip_and_row_contract(store_dir, minilm, clip_encoder):
     stats = m.build["stats"]
     assert stats["values_read"] == STORE_PROMPTS + 2
     # exact counts against oracles: a set of casefolded cleaned prompts, and the near-dedup rule over all pairs
-    from common.text import clean_prompt
+    from nearest_prompt.common.text import clean_prompt
 
     values = corpus_slice(STORE_PROMPTS)
     values += [values[0].upper() + "  ", values[1] + ", 4k"]
@@ -132,7 +131,8 @@ def test_failure_while_writing_store_keeps_old_store(tmp_path, build_config, cli
     def broken_build_index(*args, **kw):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sys.modules["indexer.build"], "build_index", broken_build_index)  # the module, not the function
+    # the module (nearest_prompt.indexer.build is also the name of the function)
+    monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "build_index", broken_build_index)
     kept = r"resumable: the deduplicated prompts and 4 of 4 embedding shards"  # MiniLM, CLIP, 2 of fragments
     with pytest.raises(InputError, match=r"the disk filled up .* " + kept):
         indexer.build([_small_corpus(tmp_path, 50, offset=300, name="b.txt")], out, config=build_config,
@@ -202,8 +202,8 @@ def test_limit_and_no_near_dedup(tmp_path, build_config, clip_encoder, minilm):
 
 
 def test_query_with_a_different_clip_is_refused(store_dir, tmp_path):
-    from common.errors import ModelError
     from devkit.tiny_clip import make_tiny_clip
+    from nearest_prompt.common.errors import ModelError
 
     other = make_tiny_clip(tmp_path / "other", seed=1)
     r = Retriever.open(store_dir, clip=f"local-dir:{other}")
@@ -239,7 +239,7 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
 
     import faiss
 
-    from index_store.reader import is_memory_mapped
+    from nearest_prompt.index_store.reader import is_memory_mapped
 
     out = tmp_path / kind
     indexer.build([_small_corpus(tmp_path, 120)], out, config=replace(build_config, index_type=kind),
@@ -259,8 +259,8 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
 
 
 def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
-    from common.errors import StoreError
-    from index_store.writer import StoreWriter
+    from nearest_prompt.common.errors import StoreError
+    from nearest_prompt.index_store.writer import StoreWriter
 
     x = rng.normal(size=(10, 384)).astype(np.float16)
     with StoreWriter(tmp_path / "s") as w:
@@ -271,7 +271,7 @@ def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
 
 
 def test_prompt_file_slices_and_filters_across_batches(tmp_path, rng):
-    from indexer.prompt_file import PromptFile, write_prompt_file
+    from nearest_prompt.indexer.prompt_file import PromptFile, write_prompt_file
 
     texts = [f"prompt {i} " + "x" * int(i % 7) for i in range(40)]
     cuts = [0, 3, 3, 11, 12, 29, 40]  # uneven batches, one of them empty
@@ -292,7 +292,7 @@ def test_prompt_file_slices_and_filters_across_batches(tmp_path, rng):
 def test_prompts_written_from_blocks_get_consecutive_ids(tmp_path):
     import pyarrow as pa
 
-    from index_store.writer import StoreWriter
+    from nearest_prompt.index_store.writer import StoreWriter
 
     blocks = [pa.array(["a", "b"]), pa.array([], type=pa.string()), pa.array(["c"])]
     with StoreWriter(tmp_path / "s") as w:

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from common.text import clean_prompt
-from indexer import dedup, exact_dedup, readers
-from indexer.exact_dedup import ExactDedup
-from indexer.readers import check_sources
+from nearest_prompt.common.text import clean_prompt
+from nearest_prompt.indexer import dedup, exact_dedup, readers
+from nearest_prompt.indexer.exact_dedup import ExactDedup
+from nearest_prompt.indexer.readers import check_sources
 
 from .conftest import unit
 

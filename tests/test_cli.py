@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.submission import read_submission
-from index_store.format import CLIP_INDEX, MANIFEST, MINILM
+from nearest_prompt.evaluation.submission import read_submission
+from nearest_prompt.index_store.format import CLIP_INDEX, MANIFEST, MINILM
 
 from .conftest import KAGGLE, assert_one_line_error, corpus_slice, need_data, run
 
@@ -51,8 +51,8 @@ def test_build_query_predict_info(cli_store, capsys, tmp_path, clip_encoder):
     assert (tmp_path / "pred.ids.txt").read_text() == "20057f34d\n"
     # the wiring, against a blend computed by hand: numpy brute force over the stored CLIP vectors, the
     # documented weights 1 / ((1 - s)^6 + 1e-6), the MiniLM rows of the 20 best, normalised
-    from encoders.images import load_image
-    from index_store import open_store
+    from nearest_prompt.encoders.images import load_image
+    from nearest_prompt.index_store import open_store
 
     store = open_store(cli_store)
     q = clip_encoder.encode_images([load_image(img)])[0]

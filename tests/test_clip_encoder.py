@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import InputError
-from encoders.clip import can_trim, encode_tokens_trimmed, parse_clip_spec
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.encoders.clip import can_trim, encode_tokens_trimmed, parse_clip_spec
 
 from .conftest import corpus_slice
 
@@ -45,7 +45,7 @@ def test_checkpoint_file_path(tmp_path, tiny_clip_dir):
     import open_clip
 
     from devkit.tiny_clip import TINY_MODEL_CFG
-    from encoders.clip import load_clip
+    from nearest_prompt.encoders.clip import load_clip
 
     cfg_dir = tmp_path / "cfg"
     cfg_dir.mkdir()

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import index_store
-from common.text import split_fragments
-from composer import ComposeOptions, Composer, family
-from index_store.format import FRAGMENT_FILES, MANIFEST
-from indexer import fragments as fragments_module
-from indexer.fragments import mine_fragments
-from retriever import Neighbors, Retriever
+from nearest_prompt import index_store
+from nearest_prompt.common.text import split_fragments
+from nearest_prompt.composer import ComposeOptions, Composer, family
+from nearest_prompt.index_store.format import FRAGMENT_FILES, MANIFEST
+from nearest_prompt.indexer import fragments as fragments_module
+from nearest_prompt.indexer.fragments import mine_fragments
+from nearest_prompt.retriever import Neighbors, Retriever
 
 from .conftest import KAGGLE, assert_one_line_error, corpus_slice, run
 
@@ -274,7 +274,7 @@ def tiny_coca_dir(tmp_path_factory):
 
 
 def test_tiny_coca_captions_through_local_dir(tiny_coca_dir, cli_store_path, capsys, tmp_path):
-    from encoders.captioner import caption_files, load_captioner, parse_captioner_spec
+    from nearest_prompt.encoders.captioner import caption_files, load_captioner, parse_captioner_spec
 
     captioner = load_captioner(parse_captioner_spec(f"local-dir:{tiny_coca_dir}"), device="cpu")
     captions = caption_files(captioner, IMAGES[:2])

@@ -5,9 +5,9 @@ import csv
 import numpy as np
 import pytest
 
-from common.errors import InputError
-from evaluation.ensemble import blend_predictions
-from evaluation.evaluate import (
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.evaluation.ensemble import blend_predictions
+from nearest_prompt.evaluation.evaluate import (
     CONSTANT_PROMPT,
     baselines,
     confidence_report,
@@ -17,9 +17,9 @@ from evaluation.evaluate import (
     first_clause,
     text_oracle_methods,
 )
-from evaluation.submission import read_submission
-from retriever import Neighbors, Weighting, blend
-from retriever.weighting import drop_neighbors, fuse
+from nearest_prompt.evaluation.submission import read_submission
+from nearest_prompt.retriever import Neighbors, Weighting, blend
+from nearest_prompt.retriever.weighting import drop_neighbors, fuse
 
 from .conftest import KAGGLE, need_data, unit
 
@@ -117,7 +117,7 @@ def test_blend_predictions(rng):
 def test_eval_cli_pairs_and_text_routes(cli_store_path, capsys, tmp_path):
     import json
 
-    from nearest_prompt.cli import main
+    from nearest_prompt.cli.main import main
 
     need_data()
     rep = tmp_path / "r" / "kaggle.json"
@@ -132,7 +132,7 @@ def test_eval_cli_pairs_and_text_routes(cli_store_path, capsys, tmp_path):
     assert 0.08 < data["summary"]["constant_prompt"]["mean"] < 0.12
 
     held = tmp_path / "held.txt"
-    from index_store import open_store
+    from nearest_prompt.index_store import open_store
 
     stored = open_store(cli_store_path).prompts([0, 5, 9])
     held.write_text("\n".join(stored) + "\n")
@@ -149,7 +149,7 @@ def test_eval_cli_pairs_and_text_routes(cli_store_path, capsys, tmp_path):
 
 
 def test_eval_cli_bad_input(cli_store_path, capsys, tmp_path):
-    from nearest_prompt.cli import main
+    from nearest_prompt.cli.main import main
 
     from .conftest import assert_one_line_error
 
@@ -162,8 +162,8 @@ def test_eval_cli_bad_input(cli_store_path, capsys, tmp_path):
 
 
 def test_blend_cli(cli_store_path, capsys, tmp_path):
-    from evaluation.submission import write_submission
-    from nearest_prompt.cli import main
+    from nearest_prompt.cli.main import main
+    from nearest_prompt.evaluation.submission import write_submission
 
     ids = ["a", "b", "c"]
     rng = np.random.default_rng(0)
@@ -186,8 +186,8 @@ def test_blend_cli(cli_store_path, capsys, tmp_path):
 
 
 def test_query_minilm_space_and_captions(cli_store_path, capsys, tmp_path):
-    from index_store import open_store
-    from nearest_prompt.cli import main
+    from nearest_prompt.cli.main import main
+    from nearest_prompt.index_store import open_store
 
     need_data()
     prompt = open_store(cli_store_path).prompts([3])[0]

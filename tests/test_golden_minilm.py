@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from evaluation.submission import read_submission, write_submission
+from nearest_prompt.evaluation.submission import read_submission, write_submission
 
 from .conftest import KAGGLE, need_data
 
@@ -43,7 +43,7 @@ def test_submission_round_trip_matches_official_layout(minilm, tmp_path):
 
 
 def test_read_submission_rejects_bad_files(tmp_path):
-    from common.errors import InputError
+    from nearest_prompt.common.errors import InputError
 
     bad = tmp_path / "bad.csv"
     bad.write_text("id,value\nx_0,1\n")
@@ -56,7 +56,7 @@ def test_read_submission_rejects_bad_files(tmp_path):
 
 
 def test_write_submission_rejects_duplicate_ids(tmp_path):
-    from common.errors import InputError
+    from nearest_prompt.common.errors import InputError
 
     with pytest.raises(InputError, match="duplicate"):
         write_submission(tmp_path / "s.csv", ["a", "a"], np.zeros((2, 384), np.float32))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import InputError
-from encoders.images import collect_images, load_image
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.encoders.images import collect_images, load_image
 
 
 def _save(img, path, **kw):

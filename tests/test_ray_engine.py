@@ -9,8 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import index_store
-import indexer
+from nearest_prompt import index_store, indexer
 
 from .conftest import corpus_slice
 
@@ -56,17 +55,16 @@ def test_ray_build_equals_local_build(ray_runtime, slice_file, tmp_path, build_c
 
 
 def test_distributed_ivf_writer_writes_the_same_bytes(ray_runtime, tmp_path, rng):
-    from indexer.faiss_index import new_index, plan_index, train_ivf
-    from indexer.ivf_file import ENCODE_CHUNK, write_ivf_file
-    from indexer.ray_engine import RayEngine
+    from nearest_prompt.indexer.faiss_index import new_index, plan_index, train_ivf
+    from nearest_prompt.indexer.ivf_file import ENCODE_CHUNK, write_ivf_file
+    from nearest_prompt.indexer.ray_engine import RayEngine
 
     x = rng.normal(size=(3 * 4096 + 17, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     for kind in ("ivf", "ivfsq8", "ivfpq"):
         index = new_index(plan_index(len(x), 32, index_type=kind), 32)
         train_ivf(index, x, rng=np.random.default_rng(0))
-        import indexer.ivf_file as ivf_file
-
+        from nearest_prompt.indexer import ivf_file as ivf_file
         saved, ivf_file.ENCODE_CHUNK = ivf_file.ENCODE_CHUNK, 4096  # several blocks, so several tasks
         try:
             write_ivf_file(tmp_path / "here", index, x)

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.errors import InputError
-from indexer.readers import check_sources, iter_values
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.indexer.readers import check_sources, iter_values
 
 
 def _values(path, column=None):

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import index_store
-import indexer
-from common.errors import BusyError, InputError, StoreError
-from common.text import clean_prompt, printable
-from index_store.format import CLIP_INDEX, MANIFEST, MINILM
-from retriever import Retriever
+from nearest_prompt import index_store, indexer
+from nearest_prompt.common.errors import BusyError, InputError, StoreError
+from nearest_prompt.common.text import clean_prompt, printable
+from nearest_prompt.index_store.format import CLIP_INDEX, MANIFEST, MINILM
+from nearest_prompt.retriever import Retriever
 
 from .conftest import KAGGLE, assert_one_line_error, corpus_slice, need_data, run
 
@@ -67,7 +66,7 @@ def test_second_build_into_the_same_out_is_refused_while_the_first_runs(capsys, 
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from indexer.workdir import WorkDir
+        from nearest_prompt.indexer.workdir import WorkDir
         w = WorkDir(Path({str(out)!r})).lock()
         (w.path / "minilm").mkdir()
         (w.path / "minilm" / "00000.npy").write_bytes(b"the first build's shard")
@@ -92,7 +91,7 @@ def test_second_build_into_the_same_out_is_refused_while_the_first_runs(capsys, 
 
 
 def test_workdir_lock_is_exclusive_in_one_process_too(tmp_path):
-    from indexer.workdir import WorkDir
+    from nearest_prompt.indexer.workdir import WorkDir
 
     with WorkDir(tmp_path / "s"):
         with pytest.raises(BusyError, match=f"pid {os.getpid()}"):
@@ -102,9 +101,6 @@ def test_workdir_lock_is_exclusive_in_one_process_too(tmp_path):
 
 # -- disk space, failures, leftovers -------------------------------------------------------------
 def test_too_little_free_space_is_refused_before_reading(capsys, tmp_path, clip_spec, monkeypatch):
-    import indexer.disk
-    import indexer.exact_dedup
-
     monkeypatch.setattr(indexer.disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 9 << 20, 2048))
     monkeypatch.setattr(indexer.exact_dedup, "iter_values", lambda s: pytest.fail("the corpus was read"))
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 40), "--out", tmp_path / "s", "--clip",
@@ -115,7 +111,7 @@ def test_too_little_free_space_is_refused_before_reading(capsys, tmp_path, clip_
 
 
 def test_disk_estimate_grows_with_the_corpus_and_the_clip_dimension():
-    from indexer.disk import estimate
+    from nearest_prompt.indexer.disk import estimate
 
     small, big = estimate(1000, 100_000, clip_dim=512, index_bytes=0), estimate(2000, 200_000, clip_dim=512, index_bytes=0)
     assert big.work_bytes == 2 * small.work_bytes and big.store_bytes == 2 * small.store_bytes
@@ -155,8 +151,6 @@ def test_failure_before_any_resumable_work_leaves_nothing(capsys, tmp_path, clip
 
 
 def test_models_are_loaded_before_the_corpus_is_read(capsys, tmp_path, clip_spec, monkeypatch):
-    import indexer.exact_dedup
-
     monkeypatch.setattr(indexer.exact_dedup, "iter_values", lambda s: pytest.fail("the corpus was read"))
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", tmp_path / "s", "--clip",
                        clip_spec, "--minilm", tmp_path / "no-such-model", "-q")
@@ -194,7 +188,7 @@ def test_disk_full_while_writing_is_one_line_naming_what_was_kept(capsys, tmp_pa
     def full(*a, **kw):
         raise OSError(28, "No space left on device", str(tmp_path / ".s.tmp-1" / "clip.faiss"))
 
-    monkeypatch.setattr(sys.modules["indexer.build"], "build_index", full)  # the module, not the function
+    monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "build_index", full)  # the module, not the function
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 30), "--out", tmp_path / "s", "--clip",
                        clip_spec, "--shard-size", 16, "-q")
     assert_one_line_error(code, err, "--out: the disk filled up writing")
@@ -205,7 +199,7 @@ def test_disk_full_while_writing_is_one_line_naming_what_was_kept(capsys, tmp_pa
 
 def test_outputs_are_checked_writable_before_any_work(cli_store_path, capsys, tmp_path, monkeypatch):
     need_data()
-    from retriever import api
+    from nearest_prompt.retriever import api
 
     monkeypatch.setattr(api.Retriever, "embed_images", lambda *a, **k: pytest.fail("work started"))
     img = KAGGLE / "images" / "20057f34d.png"
@@ -237,8 +231,7 @@ def test_manifest_has_block_checksums_and_verify_names_the_block(cli_store_path,
 
 
 def test_sampled_block_check_at_open_for_large_files(cli_store_path, tmp_path, monkeypatch):
-    import index_store.reader as reader
-
+    from nearest_prompt.index_store import reader as reader
     s = _copy(cli_store_path, tmp_path)
     monkeypatch.setattr(reader, "FULL_CHECK_MAX_BYTES", 0)  # every file "large": only sampled blocks
     index_store.open_store(s)
@@ -285,7 +278,7 @@ def test_csv_with_an_unterminated_quote_is_an_error_with_its_line(capsys, tmp_pa
 
 
 def test_bare_carriage_return_does_not_split_a_text_prompt(tmp_path):
-    from indexer.readers import check_sources, iter_values
+    from nearest_prompt.indexer.readers import check_sources, iter_values
 
     f = tmp_path / "p.txt"
     f.write_bytes(b"a red\rapple\r\nsecond prompt\nthird\n")
@@ -473,7 +466,7 @@ def small_disk(tmp_path):
 
 def test_a_disk_that_fills_anyway_is_one_line(capsys, small_disk, tmp_path, clip_spec, monkeypatch):
     """The free-space check switched off, so that a real disk fills mid-build."""
-    monkeypatch.setattr(sys.modules["indexer.build"], "check_free_space", lambda *a, **kw: None)
+    monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "check_free_space", lambda *a, **kw: None)
     corpus = small_corpus(tmp_path, 400, offset=100)
     code, _, err = run(capsys, "build", "--prompts", corpus, "--out", small_disk / "s", "--clip", clip_spec,
                        "--shard-size", 100, "-q")
@@ -482,7 +475,7 @@ def test_a_disk_that_fills_anyway_is_one_line(capsys, small_disk, tmp_path, clip
 
 
 def test_faiss_write_errors_count_as_a_full_disk():
-    from indexer.build import _disk_full
+    from nearest_prompt.indexer.build import _disk_full
 
     assert _disk_full(RuntimeError("Error in faiss::BufferedIOWriter: write error (No space left on device)"))
     assert _disk_full(OSError(28, "No space left on device", "/x/clip.faiss")) == "/x/clip.faiss"

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import InputError
-from common.topk import recall_at_k
-from index_store.reader import _read_index
-from indexer.faiss_index import build_index, plan_index
-from indexer.shards import ShardedMatrix
-from retriever import search
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.topk import recall_at_k
+from nearest_prompt.index_store.reader import _read_index
+from nearest_prompt.indexer.faiss_index import build_index, plan_index
+from nearest_prompt.indexer.shards import ShardedMatrix
+from nearest_prompt.retriever import search
 
 from .conftest import unit
 
@@ -126,8 +126,8 @@ def test_sharded_matrix_keeps_no_mapping_open(tmp_path, rng):
 def test_ivf_file_equals_faiss_add_then_write_index(kind, tmp_path, rng, monkeypatch):
     import faiss
 
-    from indexer import ivf_file
-    from indexer.faiss_index import new_index
+    from nearest_prompt.indexer import ivf_file
+    from nearest_prompt.indexer.faiss_index import new_index
 
     monkeypatch.setattr(ivf_file, "ENCODE_CHUNK", 1000)  # several blocks: list order across blocks
     x = unit(rng.normal(size=(3000, 32)))
@@ -145,8 +145,8 @@ def test_ivf_file_equals_faiss_add_then_write_index(kind, tmp_path, rng, monkeyp
 def test_ivf_file_with_mostly_empty_lists_reads_back_as_faiss_add(tmp_path, rng):
     import faiss
 
-    from indexer import ivf_file
-    from indexer.faiss_index import new_index
+    from nearest_prompt.indexer import ivf_file
+    from nearest_prompt.indexer.faiss_index import new_index
 
     x = unit(rng.normal(size=(2000, 16)))
     plan = plan_index(2000, 16, index_type="ivf")
@@ -165,8 +165,8 @@ def test_ivf_file_with_mostly_empty_lists_reads_back_as_faiss_add(tmp_path, rng)
 def test_mapped_ivf_search_equals_in_memory_search_within_its_mapping_budget(budget, tmp_path, rng):
     import faiss
 
-    from indexer import ivf_file
-    from indexer.faiss_index import new_index
+    from nearest_prompt.indexer import ivf_file
+    from nearest_prompt.indexer.faiss_index import new_index
 
     x = unit(rng.normal(size=(4000, 24)))
     plan = plan_index(4000, 24, index_type="ivfsq8")

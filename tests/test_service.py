@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-import index_store
 from devkit.serve import Server
+from nearest_prompt import index_store
 
 from .conftest import KAGGLE, corpus_slice, need_data, run
 
@@ -62,7 +62,7 @@ def test_query_by_image_text_and_embedding(server, cli_store_path, clip_encoder)
         as_json = c.post("/query", json={"image": b64(IMAGES[0]), "k": 5}).json()
         assert multipart == as_json and len(as_json["neighbors"]) == 5
         # against the library: the same image through the Retriever
-        from retriever import Retriever
+        from nearest_prompt.retriever import Retriever
 
         r = Retriever(store, clip=clip_encoder)
         nb = r.search(r.embed_images([IMAGES[0]]).vectors, k=5)
@@ -258,7 +258,7 @@ def test_metrics_show_requests_latency_and_batches(server):
 
 def test_load_16_clients_50_requests_each(server, cli_store_path, clip_encoder):
     """Bounded: 800 requests on loopback; zero errors, answers equal the offline ones, memory steady."""
-    from retriever import Retriever
+    from nearest_prompt.retriever import Retriever
 
     r = Retriever(index_store.open_store(cli_store_path), clip=clip_encoder)
     expect = {p: r.search(r.embed_images([p]).vectors, k=5).ids[0].tolist() for p in IMAGES}

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.topk import recall_at_k
-from retriever.search import search
-from retriever.torch_search import TorchFlatIndex, faiss_gpu_available, to_search_backend
+from nearest_prompt.common.topk import recall_at_k
+from nearest_prompt.retriever.search import search
+from nearest_prompt.retriever.torch_search import TorchFlatIndex, faiss_gpu_available, to_search_backend
 
 from .conftest import unit
 
@@ -40,7 +40,7 @@ def test_from_faiss_reads_stored_vectors(base):
 
 
 def test_retriever_torch_backend_matches_faiss(retriever):
-    from retriever import Retriever
+    from nearest_prompt.retriever import Retriever
 
     q = retriever.embed_texts(["a castle", "a cat", "a spaceship"])
     exact = retriever.search(q, k=7)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from common.errors import InputError
-from retriever import Neighbors, Weighting, blend, neighbor_weights
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.retriever import Neighbors, Weighting, blend, neighbor_weights
 
 from .conftest import unit
 
@@ -65,7 +65,7 @@ def test_bad_weighting_options(bad):
 
 
 def test_blend_in_chunks_equals_one_pass(rng, monkeypatch):
-    from retriever import weighting
+    from nearest_prompt.retriever import weighting
 
     minilm = unit(rng.normal(size=(200, 384))).astype(np.float16)
     ids = rng.integers(-1, 200, size=(37, 9))

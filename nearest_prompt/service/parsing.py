@@ -15,9 +15,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from common.errors import InputError
-from encoders.images import load_image
-from retriever import Retriever
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.encoders.images import load_image
+from nearest_prompt.retriever import Retriever
 
 from .schemas import MAX_IMAGES
 from .settings import ServeSettings

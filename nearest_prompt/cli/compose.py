@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from common.errors import InputError
-from common.text import printable
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.text import printable
 
 from .args import escape_c1, open_retriever, print_random_weights_note, report_skipped
 
@@ -17,7 +17,7 @@ log = logging.getLogger("nearest_prompt.cli")
 
 
 def add_captioner_args(p: argparse.ArgumentParser) -> None:
-    from encoders.captioner import DEFAULT_CAPTIONER, DEFAULT_CAPTIONER_PRETRAINED
+    from nearest_prompt.encoders.captioner import DEFAULT_CAPTIONER, DEFAULT_CAPTIONER_PRETRAINED
 
     g = p.add_mutually_exclusive_group()
     g.add_argument("--captions", metavar="CSV",
@@ -31,12 +31,12 @@ def add_captioner_args(p: argparse.ArgumentParser) -> None:
 
 def load_captions(args: argparse.Namespace) -> tuple[Any, Any]:
     """(captions by image id, or None; a loaded captioner, or None) from --captions / --captioner."""
-    from evaluation.inputs import read_captions
+    from nearest_prompt.evaluation.inputs import read_captions
 
     if args.captioner_pretrained and not args.captioner:
         raise InputError("--captioner-pretrained needs --captioner")
     if args.captioner:
-        from encoders.captioner import load_captioner, parse_captioner_spec
+        from nearest_prompt.encoders.captioner import load_captioner, parse_captioner_spec
 
         return None, load_captioner(parse_captioner_spec(args.captioner, args.captioner_pretrained), device=args.device)
     return (read_captions(args.captions) if args.captions else None), None
@@ -58,7 +58,7 @@ def report_captions(captions: Any, ids: list[str]) -> list[str | None]:
 
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    from composer import MODES, OBJECTIVES, ComposeOptions
+    from nearest_prompt.composer import MODES, OBJECTIVES, ComposeOptions
 
     from .args import add_common, add_image_args, add_model_args, default, positive_int
 
@@ -90,9 +90,9 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 
 def cmd_interrogate(args: argparse.Namespace) -> int:
-    from composer import ComposeOptions, Composer
-    from encoders.images import collect_images
-    from retriever.search import check_k
+    from nearest_prompt.composer import ComposeOptions, Composer
+    from nearest_prompt.encoders.images import collect_images
+    from nearest_prompt.retriever.search import check_k
 
     options = ComposeOptions(mode=args.mode, objective=args.objective, neighbors=args.neighbors,
                              fragments=args.fragments, start=args.start, target_k=args.k).validate()

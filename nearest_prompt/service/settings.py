@@ -9,8 +9,8 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.errors import InputError
-from encoders.images import DEFAULT_MAX_PIXELS
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS
 
 ENV = "NEAREST_PROMPT_SERVE"  # settings as JSON, for uvicorn worker processes (--workers > 1)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from common.text import dedup_keys, first_clause  # noqa: F401  (re-exported for scripts)
-from retriever.search import Neighbors
-from retriever.weighting import Weighting, blend, drop_neighbors
+from nearest_prompt.common.text import dedup_keys, first_clause  # noqa: F401  (re-exported for scripts)
+from nearest_prompt.retriever.search import Neighbors
+from nearest_prompt.retriever.weighting import Weighting, blend, drop_neighbors
 
 # compose(neighbours, target vectors or None (the composer's own), captions or None) -> MiniLM vectors of the
 # composed prompts
@@ -160,7 +160,7 @@ def text_oracle_methods(truth: np.ndarray, query_keys: np.ndarray, *, index: Any
     ``row_keys(ids)`` gives the dedup keys of store rows (b"" for -1). The
     scores are the ceiling a perfect image encoder would reach on this corpus.
     """
-    from retriever.search import search
+    from nearest_prompt.retriever.search import search
 
     nb = search(index, truth, k=min(k + extra, int(index.ntotal)))
     nb = exclude_self(nb, row_keys(nb.ids), query_keys, k=k)
@@ -179,7 +179,7 @@ def text_degraded_methods(truth: np.ndarray, clause_vectors: np.ndarray, query_k
     prompt composed from the clause (``clauses``, its caption) towards the first mix of the first weighting
     (the composer as a caption refiner). Exact copies of the true prompt are excluded from the neighbours.
     """
-    from retriever.search import search
+    from nearest_prompt.retriever.search import search
 
     nb = search(index, clause_vectors, k=min(k + extra, int(index.ntotal)))
     nb = exclude_self(nb, row_keys(nb.ids), query_keys, k=k)

@@ -26,11 +26,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import NearestPromptError, StoreError
-from composer import ComposeOptions, Composer
-from retriever import Retriever
-from retriever.search import check_k
-from retriever.weighting import Weighting
+from nearest_prompt.common.errors import NearestPromptError, StoreError
+from nearest_prompt.composer import ComposeOptions, Composer
+from nearest_prompt.retriever import Retriever
+from nearest_prompt.retriever.search import check_k
+from nearest_prompt.retriever.weighting import Weighting
 
 from .batcher import MicroBatcher, QueueFull
 from .metrics import Metrics
@@ -381,6 +381,6 @@ def _body(model: type[BaseModel], file_field: str | None) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from common.version import __version__
+    from nearest_prompt.common.version import __version__
 
     return __version__

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from common.checksums import weights_fingerprint
-from common.device import resolve_device
-from common.errors import ModelError
+from nearest_prompt.common.checksums import weights_fingerprint
+from nearest_prompt.common.device import resolve_device
+from nearest_prompt.common.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.errors import InputError
+from nearest_prompt.common.errors import InputError
 
 from .args import open_retriever, print_random_weights_note
 
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    from retriever.api import DEFAULT_K_PREDICT
+    from nearest_prompt.retriever.api import DEFAULT_K_PREDICT
 
     from .args import add_common, add_model_args, positive_int
 
@@ -48,12 +48,12 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from common.atomic import check_writable
-    from composer import ComposeOptions
-    from evaluation.inputs import read_pairs
-    from evaluation.run import evaluate, write_report
-    from indexer.exact_dedup import read_unique_prompts
-    from indexer.readers import check_sources
+    from nearest_prompt.common.atomic import check_writable
+    from nearest_prompt.composer import ComposeOptions
+    from nearest_prompt.evaluation.inputs import read_pairs
+    from nearest_prompt.evaluation.run import evaluate, write_report
+    from nearest_prompt.indexer.exact_dedup import read_unique_prompts
+    from nearest_prompt.indexer.readers import check_sources
 
     report_path = check_writable(args.report, param="report")
     if report_path.suffix.lower() != ".json":
@@ -87,9 +87,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_blend(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from common.atomic import check_writable
-    from evaluation.ensemble import blend_predictions
-    from evaluation.inputs import check_prediction_path, read_confidence, read_predictions, write_predictions
+    from nearest_prompt.common.atomic import check_writable
+    from nearest_prompt.evaluation.ensemble import blend_predictions
+    from nearest_prompt.evaluation.inputs import check_prediction_path, read_confidence, read_predictions, write_predictions
 
     out = check_writable(check_prediction_path(args.out))
     if args.confidence and len(args.confidence) != len(args.inputs):

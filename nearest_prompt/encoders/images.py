@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from common.errors import InputError
+from nearest_prompt.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import InputError
-from common.progress import progress_bar
-from common.text import clean_prompt, split_fragments
-from encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped
-from retriever import Neighbors, Retriever, Weighting, blend
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.progress import progress_bar
+from nearest_prompt.common.text import clean_prompt, split_fragments
+from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped
+from nearest_prompt.retriever import Neighbors, Retriever, Weighting, blend
 
 from .candidates import Pool, gather
 from .families import family
@@ -184,7 +184,7 @@ class Composer:
         ``encoders.captioner``), then composed ``COMPOSE_CHUNK`` images at a time, with progress bars."""
         emb = self.r.embed_images(images, batch_size=batch_size, max_pixels=max_pixels, progress=progress)
         if captioner is not None:
-            from encoders.captioner import caption_files
+            from nearest_prompt.encoders.captioner import caption_files
 
             texts: list[str | None] = list(caption_files(captioner, emb.paths, batch_size=batch_size,
                                                          max_pixels=max_pixels, progress=progress))

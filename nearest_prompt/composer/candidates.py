@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from common.text import clean_prompt, split_fragments
-from retriever import Neighbors
+from nearest_prompt.common.text import clean_prompt, split_fragments
+from nearest_prompt.retriever import Neighbors
 
 
 @dataclass

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import atomic_path, write_bytes_atomic
-from common.errors import InputError
-from common.progress import progress_bar
-from common.text import dedup_keys, first_clause
-from composer import ComposeOptions, Composer
-from composer.compose import COMPOSE_CHUNK
-from retriever import Neighbors, Retriever
-from retriever.search import check_k
-from retriever.weighting import Weighting
+from nearest_prompt.common.atomic import atomic_path, write_bytes_atomic
+from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.progress import progress_bar
+from nearest_prompt.common.text import dedup_keys, first_clause
+from nearest_prompt.composer import ComposeOptions, Composer
+from nearest_prompt.composer.compose import COMPOSE_CHUNK
+from nearest_prompt.retriever import Neighbors, Retriever
+from nearest_prompt.retriever.search import check_k
+from nearest_prompt.retriever.weighting import Weighting
 
 from .evaluate import (
     COMPOSED,

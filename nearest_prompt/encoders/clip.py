@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_path, write_bytes_atomic
-from common.checksums import weights_fingerprint
-from common.device import resolve_device
-from common.errors import InputError, ModelError
+from nearest_prompt.common.atomic import atomic_path, write_bytes_atomic
+from nearest_prompt.common.checksums import weights_fingerprint
+from nearest_prompt.common.device import resolve_device
+from nearest_prompt.common.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.errors import InputError
+from nearest_prompt.common.errors import InputError
 
 
 def blend_predictions(vectors: Sequence[np.ndarray], *, weights: Sequence[float] | None = None,

@@ -42,7 +42,7 @@ class Formatter(argparse.HelpFormatter):
 
 
 def add_model_args(p: argparse.ArgumentParser, *, building: bool) -> None:
-    from encoders.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+    from nearest_prompt.encoders.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
 
     g = p.add_argument_group("models")
     if building:
@@ -79,7 +79,7 @@ def positive_int(text: str) -> int:
 
 
 def add_image_args(p: argparse.ArgumentParser) -> None:
-    from encoders.images import DEFAULT_MAX_PIXELS
+    from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS
 
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
@@ -88,7 +88,7 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_weighting_args(p: argparse.ArgumentParser) -> None:
-    from retriever.weighting import SCHEMES, Weighting
+    from nearest_prompt.retriever.weighting import SCHEMES, Weighting
 
     p.add_argument("--weighting", choices=SCHEMES, default=default(Weighting, "scheme"),
                    help="neighbour weights: power 1/((1-cos)^p+eps), or softmax exp(cos/T)")
@@ -99,7 +99,7 @@ def add_weighting_args(p: argparse.ArgumentParser) -> None:
 
 
 def open_retriever(args: argparse.Namespace) -> Any:
-    from retriever import Retriever
+    from nearest_prompt.retriever import Retriever
 
     r = Retriever.open(args.index, clip=args.clip, pretrained=args.pretrained, device=args.device)
     return r.use_search_backend(args.search_backend)
@@ -112,7 +112,7 @@ def print_random_weights_note(store: Any) -> None:
 
 
 def report_skipped(skipped: Any) -> None:
-    from encoders.images import summarize_skipped
+    from nearest_prompt.encoders.images import summarize_skipped
 
     if skipped:
         print(f"skipped {len(skipped)} file(s): " + "; ".join(summarize_skipped(list(skipped))), file=sys.stderr)

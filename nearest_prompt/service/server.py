@@ -38,6 +38,6 @@ def serve(settings: ServeSettings) -> None:
     if settings.workers > 1:  # each worker process opens the store and loads the model itself
         del retriever
         os.environ[ENV] = settings.to_env()
-        uvicorn.run("service.server:app_from_env", factory=True, workers=settings.workers, **common)
+        uvicorn.run("nearest_prompt.service.server:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         uvicorn.run(create_app(settings, retriever=retriever), **common)

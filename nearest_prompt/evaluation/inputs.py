@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import InputError
+from nearest_prompt.common.errors import InputError
 
 from .submission import ids_path, read_submission, write_npy, write_submission
 

@@ -15,11 +15,11 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from common.errors import InputError, NearestPromptError
-from common.sizes import format_bytes
-from common.text import printable
-from common.version import __version__, library_versions
-from service.settings import ServeSettings
+from nearest_prompt.common.errors import InputError, NearestPromptError
+from nearest_prompt.common.sizes import format_bytes
+from nearest_prompt.common.text import printable
+from nearest_prompt.common.version import __version__, library_versions
+from nearest_prompt.service.settings import ServeSettings
 
 from .args import (
     Formatter,
@@ -36,16 +36,15 @@ from .args import (
     print_random_weights_note,
     report_skipped,
 )
-from .cli_compose import add_captioner_args, load_captions, report_captions
+from .compose import add_captioner_args, load_captions, report_captions
 
 log = logging.getLogger("nearest_prompt.cli")
 
-_OUR_LOGGERS = ("nearest_prompt", "common", "encoders", "indexer", "index_store", "retriever", "composer", "evaluation",
-                "service")
+_OUR_LOGGERS = ("nearest_prompt",)
 
 def build_parser() -> argparse.ArgumentParser:
-    from indexer.config import INDEX_TYPES, BuildConfig
-    from retriever.api import DEFAULT_K_PREDICT, DEFAULT_K_QUERY
+    from nearest_prompt.indexer.config import INDEX_TYPES, BuildConfig
+    from nearest_prompt.retriever.api import DEFAULT_K_PREDICT, DEFAULT_K_QUERY
 
     parser = Parser(prog="nearest-prompt", description="Which text prompt made this image?", formatter_class=Formatter)
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items() if k != "nearest-prompt")
@@ -126,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(pr, building=False)
     add_common(pr)
 
-    from .cli_eval import add_parsers
+    from .evaluation import add_parsers
 
     add_parsers(cmd)
-    from .cli_compose import add_parsers as add_compose_parsers
+    from .compose import add_parsers as add_compose_parsers
 
     add_compose_parsers(cmd)
 
@@ -197,8 +196,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    import indexer
-
+    from nearest_prompt import indexer
     config = indexer.BuildConfig(
         clip_model=args.clip, clip_pretrained=args.pretrained, minilm_model=args.minilm,
         column=args.column, limit=args.limit,
@@ -218,7 +216,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from encoders.images import collect_images
+    from nearest_prompt.encoders.images import collect_images
 
     if not args.images and not args.text:
         raise InputError("nothing to query: give IMAGE or FOLDER arguments, or --text TEXT")
@@ -250,12 +248,12 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
 
-    from common.atomic import check_writable
-    from encoders.captioner import caption_files
-    from encoders.images import collect_images
-    from evaluation.inputs import check_prediction_path, write_predictions
-    from evaluation.submission import confidence_path, duplicate_ids, write_confidence
-    from retriever.weighting import Weighting
+    from nearest_prompt.common.atomic import check_writable
+    from nearest_prompt.encoders.captioner import caption_files
+    from nearest_prompt.encoders.images import collect_images
+    from nearest_prompt.evaluation.inputs import check_prediction_path, write_predictions
+    from nearest_prompt.evaluation.submission import confidence_path, duplicate_ids, write_confidence
+    from nearest_prompt.retriever.weighting import Weighting
 
     out = check_writable(check_prediction_path(args.out))
     weighting = Weighting(scheme=args.weighting, power=args.power, eps=args.eps,
@@ -266,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
     captions, captioner = load_captions(args)
-    from retriever.search import check_k
+    from nearest_prompt.retriever.search import check_k
 
     check_k(args.k, r.rows)
     emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet)
@@ -289,7 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from index_store import open_store
+    from nearest_prompt.index_store import open_store
 
     store = open_store(args.index, verify="full" if args.verify else "auto")
     d = store.describe()
@@ -332,7 +330,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from nearest_prompt.service.server import serve
 
     serve(ServeSettings(index=args.index, host=args.host, port=args.port, token=args.token, max_batch=args.max_batch,
                         clip=args.clip, pretrained=args.pretrained,
@@ -344,8 +342,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from .cli_compose import cmd_interrogate
-    from .cli_eval import cmd_blend, cmd_eval
+    from .compose import cmd_interrogate
+    from .evaluation import cmd_blend, cmd_eval
 
     return {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info,
             "eval": cmd_eval, "blend": cmd_blend, "serve": cmd_serve, "interrogate": cmd_interrogate}

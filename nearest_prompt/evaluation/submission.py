@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import write_bytes_atomic
-from common.errors import InputError
+from nearest_prompt.common.atomic import write_bytes_atomic
+from nearest_prompt.common.errors import InputError
 
 HEADER = ("imgId_eId", "val")
 
