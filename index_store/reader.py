@@ -208,7 +208,7 @@ def _check_whole(path: Path, name: str, expect: FileInfo) -> None:
 def _read_index(fpath: Path) -> Any:
     """Read with the file memory-mapped in place (flat codes, IVF lists, HNSW storage stay on disk
     until searched). IO_FLAG_MMAP_IFC must not be combined with IO_FLAG_MMAP: faiss then refuses
-    IVF indexes, and an earlier version of this function silently fell back to a full read."""
+    IVF indexes (a full read would then be the silent fallback)."""
     import faiss
 
     try:

@@ -50,7 +50,7 @@ from .workdir import WorkDir
 log = logging.getLogger(__name__)
 
 WORK_FORMAT = 2  # 2: the fragment vocabulary's files
-PROMPTS_PER_FRAGMENT = 4  # the disk estimate assumes a fragment per 4 prompts (measured: 17,352 of 95,843 at 100k)
+PROMPTS_PER_FRAGMENT = 4  # the disk estimate assumes a fragment per 4 prompts (real corpora hold fewer)
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
             kept = work.after_failure(shard_totals=totals)
             full = _disk_full(e)
             if full is not None:
-                raise InputError(f"the disk filled up writing {full}; free some space (a rerun first checks that "
-                                 f"the disk has what it needs) and run the same build again; {kept}",
+                raise InputError(f"the disk filled up writing {full}; free some space (the next run first checks "
+                                 f"that the disk has what it needs) and run the same build again; {kept}",
                                  param="out") from e
             if isinstance(e, NearestPromptError):
                 raise type(e)(f"{e}; {kept}", param=e.param) from e

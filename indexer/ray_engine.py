@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from nearest_prompt.common.errors import InputError
+from nearest_prompt.common.extras import require
 from nearest_prompt.common.progress import progress_bar
 
 from .encoding import TextEncoding, encode_fn
@@ -35,12 +36,9 @@ IN_FLIGHT = 4  # block tasks per worker in flight at once (bounds the driver's m
 
 
 def _ray() -> Any:
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise InputError("engine 'ray' needs Ray Data: pip install 'nearest-prompt[ray]' (or 'ray[data]')",
-                         param="engine") from None
+    require("ray", what="engine 'ray'", param="engine")
+    import ray
+
     return ray
 
 

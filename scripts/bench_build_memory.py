@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # bench_common; devkit
 
 from bench_common import FakeClipText, FakeMiniLM, PeakRSS, memory_status  # noqa: E402
 
@@ -50,7 +50,7 @@ def naive(limit: int | None, dim: int) -> dict:
     """In a subprocess, so its memory does not count against ours."""
     code = f"""
 import sys, time, numpy as np, pyarrow.parquet as pq, faiss
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).resolve().parents[1])!r}]
 from bench_common import FakeClipText, FakeMiniLM
 from devkit.paths import shared_data_dir
 t = time.perf_counter()
@@ -75,7 +75,7 @@ print(len(uniq), time.perf_counter() - t, int(hwm) * 1024)
 def open_rss(out: Path) -> dict:
 
     code = f"""
-import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
+import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).resolve().parents[1])!r}]
 from bench_common import memory_status
 import faiss, numpy as np, pyarrow
 from nearest_prompt import index_store

@@ -19,6 +19,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # bench_common; devkit
+
 from devkit.paths import shared_data_dir  # noqa: E402
 from nearest_prompt.composer import ComposeOptions, Composer  # noqa: E402
 from nearest_prompt.encoders.images import load_image  # noqa: E402

@@ -20,6 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # bench_common; devkit
+
 from devkit.paths import shared_data_dir  # noqa: E402
 from devkit.tiny_clip import make_tiny_clip  # noqa: E402
 

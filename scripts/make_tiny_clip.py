@@ -6,8 +6,12 @@ Its neighbours are meaningless: it exists so that the pipeline runs offline.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-from devkit.tiny_clip import make_tiny_clip
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # bench_common; devkit
+
+from devkit.tiny_clip import make_tiny_clip  # noqa: E402
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -26,7 +26,12 @@ import pyarrow.parquet as pq
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys
+from pathlib import Path
+
 from text_route_report import OUT, is_test, report  # noqa: E402  (the report reads what prepare writes)
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # bench_common; devkit
 
 from devkit.paths import shared_data_dir  # noqa: E402
 from nearest_prompt.encoders.minilm import load_minilm  # noqa: E402

@@ -13,7 +13,9 @@ import pytest
 from devkit.serve import Server
 from nearest_prompt.index_store import open_store
 
-from .conftest import KAGGLE, need_data
+from .conftest import IN_CI, KAGGLE, need_data
+
+pytestmark = [pytest.mark.browser, pytest.mark.service, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("NP_TEST_ARTIFACTS", "runs/test-artifacts"))
@@ -24,7 +26,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("Chromium is not installed; .ci/run installs Debian's chromium package")
         pytest.skip("no Chromium here: apt-get install chromium")
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -310,6 +310,7 @@ def test_captioner_errors_are_one_line(cli_store_path, clip_spec, capsys, monkey
 
 
 # -- eval rows -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_has_the_composed_row_in_every_route(cli_store_path, capsys, tmp_path, minilm):
     held = tmp_path / "held.txt"
     held.write_text("\n".join(corpus_slice(12, offset=5000)) + "\n")

@@ -3,7 +3,6 @@ the distributed IVF writer writes the same bytes, and a worker killed mid-job ch
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -11,10 +10,10 @@ import pytest
 
 from nearest_prompt import index_store, indexer
 
-from .conftest import corpus_slice
+from .conftest import IN_CI, corpus_slice
 
-ray = pytest.importorskip("ray", reason="pip install 'nearest-prompt[ray]'") if os.environ.get("CI") != "true" \
-    else __import__("ray")
+ray = pytest.importorskip("ray", reason="pip install 'nearest-prompt[ray]'") if not IN_CI else __import__("ray")
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +44,7 @@ def _same_store(a, b, clip_encoder):
     return sa, sb
 
 
+@pytest.mark.slow
 def test_ray_build_equals_local_build(ray_runtime, slice_file, tmp_path, build_config, clip_encoder, minilm):
     cfg = replace(build_config, shard_size=64)
     local = indexer.build([slice_file], tmp_path / "local", config=cfg, minilm=minilm, progress=False)
@@ -54,6 +54,7 @@ def test_ray_build_equals_local_build(ray_runtime, slice_file, tmp_path, build_c
     assert not (tmp_path / ".ray.build").exists()
 
 
+@pytest.mark.slow
 def test_distributed_ivf_writer_writes_the_same_bytes(ray_runtime, tmp_path, rng):
     from nearest_prompt.indexer.faiss_index import new_index, plan_index, train_ivf
     from nearest_prompt.indexer.ivf_file import ENCODE_CHUNK, write_ivf_file
@@ -75,6 +76,7 @@ def test_distributed_ivf_writer_writes_the_same_bytes(ray_runtime, tmp_path, rng
     assert ENCODE_CHUNK == 65_536
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_changes_nothing(ray_runtime, slice_file, tmp_path, build_config, clip_spec,
                                                  clip_encoder, minilm):
     from devkit.faults import DyingOnceClip
@@ -107,5 +109,5 @@ def test_engine_ray_without_ray_says_how_to_install(monkeypatch, capsys, tmp_pat
     corpus.write_text("a red fox\n")
     code, _, err = run(capsys, "build", "--prompts", corpus, "--out", tmp_path / "s", "--clip", clip_spec,
                        "--engine", "ray", "-q")
-    assert_one_line_error(code, err, "--engine: engine 'ray' needs Ray Data: pip install 'nearest-prompt[ray]'")
+    assert_one_line_error(code, err, "--engine: engine 'ray' needs the 'ray' extra")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # nothing left behind

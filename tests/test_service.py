@@ -20,10 +20,11 @@ import pytest
 from devkit.serve import Server
 from nearest_prompt import index_store
 
-from .conftest import KAGGLE, corpus_slice, need_data, run
+from .conftest import IN_CI, KAGGLE, corpus_slice, need_data, run
+
+pytestmark = pytest.mark.service
 
 IMAGES = sorted(KAGGLE.glob("images/*.png"))
-IN_CI = os.environ.get("CI") == "true"
 GRACEFUL = (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once it has shut down gracefully
 
 

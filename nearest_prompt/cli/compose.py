@@ -76,8 +76,8 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--neighbors", type=positive_int, default=default(ComposeOptions, "neighbors"),
                    help="neighbour prompts whose clauses are candidates")
     p.add_argument("--fragments", type=int, default=None,
-                   help="nearest vocabulary fragments that are candidates (default: 0 for --objective minilm, where "
-                        "they were measured to lower the score; 50 for clip)")
+                   help="nearest vocabulary fragments that are candidates (default: 0 for --objective minilm, "
+                        "50 for clip)")
     p.add_argument("--start", choices=("prompt", "clause"), default=default(ComposeOptions, "start"),
                    help="without a caption, start from the top neighbour's prompt, or from the best first clause "
                         "of the neighbours")

@@ -49,12 +49,14 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from nearest_prompt.common.atomic import check_writable
+    from nearest_prompt.common.extras import require
     from nearest_prompt.composer import ComposeOptions
     from nearest_prompt.evaluation.inputs import read_pairs
     from nearest_prompt.evaluation.run import evaluate, write_report
     from nearest_prompt.indexer.exact_dedup import read_unique_prompts
     from nearest_prompt.indexer.readers import check_sources
 
+    require("eval", what="eval (its report plot)")
     report_path = check_writable(args.report, param="report")
     if report_path.suffix.lower() != ".json":
         raise InputError(f"{report_path}: give a .json file name", param="report")

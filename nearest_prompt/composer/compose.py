@@ -3,8 +3,8 @@
 Candidates of one query: the clauses of its top ``neighbors`` neighbour prompts and the ``fragments``
 vocabulary fragments nearest to its target (version-1 stores have no vocabulary: neighbour clauses
 only), all normalised by ``common.text.split_fragments``. The prompt starts from the caption when there
-is one; else (``start``) from the top neighbour's whole prompt ("prompt", the default: measured better on
-held-out prompts, README "Composed prompts") or from the neighbours' first clause that scores best
+is one; else (``start``) from the top neighbour's whole prompt ("prompt", the default: it scores higher on
+held-out prompts, docs/quality.md) or from the neighbours' first clause that scores best
 ("clause"; always in classic mode). Then, by mode:
 
 * ``best``: greedy chain, bounded. Each step estimates, for every unused candidate, the objective of
@@ -44,7 +44,7 @@ from .families import family
 MODES = ("best", "fast", "classic")
 STARTS = ("prompt", "clause")
 OBJECTIVES = ("minilm", "clip")
-DEFAULT_OBJECTIVE = "minilm"  # measured on the text routes (README "Composed prompts"); clip is not measurable here
+DEFAULT_OBJECTIVE = "minilm"  # the competition's score; the clip objective needs real CLIP weights to judge
 SEPARATOR = ", "
 COMPOSE_CHUNK = 64  # images composed at a time by interrogate_images
 CLASSIC_POOL = 500  # nearest fragments searched for the classic mode's family slots
@@ -82,8 +82,9 @@ class ComposeOptions:
 
     @property
     def fragment_count(self) -> int:
-        """Vocabulary fragments among the candidates: as set, else by objective (measured: for ``minilm``
-        they lower the score, README "Composed prompts"; for ``clip`` they are CLIP Interrogator's flavors)."""
+        """Vocabulary fragments among the candidates: as set, else by objective (none for ``minilm``, where
+        they pull the prompt towards generic clauses, docs/quality.md; 50 for ``clip``, where they play CLIP
+        Interrogator's flavors)."""
         if self.fragments is not None:
             return self.fragments
         return 0 if self.objective == "minilm" else 50

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nearest_prompt.common.extras import require
+
 from .evaluate import EvalReport
 
 
 def plot_report(report: EvalReport, path: str | Path) -> Path:
     """Left: score distribution per method. Right: score against confidence for methods that have one.
     Writes ``path`` directly: callers write through ``common.atomic.atomic_path``."""
+    require("eval", what="the eval report's plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 
+from nearest_prompt.common.extras import require
+
 from .settings import ENV, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ def app_from_env():  # uvicorn's factory for worker processes (--workers > 1)
 
 
 def serve(settings: ServeSettings) -> None:
+    require("serve", what="serve")
     import uvicorn
 
     from .app import create_app, open_served
