@@ -73,11 +73,12 @@ class Retriever:
     The CLIP model is loaded on first use, from the store's manifest unless
     ``clip`` names another copy of it (e.g. ``local-dir:`` after moving the
     weights); a model that differs from the one the index was built with is
-    refused.
+    refused. ``clip`` and ``minilm`` also take loaded encoders: ``ClipEncoder`` and ``MiniLMEncoder``, or
+    any object with the same methods and ``info`` (the service passes encoders that queue their work).
     """
 
-    def __init__(self, store: index_store.Store, *, clip: str | ClipSpec | ClipEncoder | None = None,
-                 pretrained: str | None = None, minilm: str | MiniLMEncoder | None = None,
+    def __init__(self, store: index_store.Store, *, clip: str | ClipSpec | ClipEncoder | Any = None,
+                 pretrained: str | None = None, minilm: str | MiniLMEncoder | Any = None,
                  device: str | None = None):
         self.store = store
         self.device = device
@@ -85,20 +86,20 @@ class Retriever:
         self._search_views: dict[str, Any] = {}  # faster views of store.indexes (see use_search_backend)
         self._minilm: MiniLMEncoder | None = None
         self._minilm_spec: str | None = None
-        if isinstance(minilm, MiniLMEncoder):
+        if minilm is not None and not isinstance(minilm, str):  # an encoder: MiniLMEncoder, or one like it
             self._check_minilm(minilm)
             self._minilm = minilm
         else:
             self._minilm_spec = minilm
         self._clip_spec: ClipSpec | None = None
         self._tokenizer: Any = None
-        if isinstance(clip, ClipEncoder):
+        if isinstance(clip, ClipSpec):
+            self._clip_spec = clip
+        elif isinstance(clip, str):
+            self._clip_spec = parse_clip_spec(clip, pretrained)
+        elif clip is not None:  # an encoder: ClipEncoder, or one like it (encode_text, encode_images, info)
             self._check_model(clip)
             self._clip = clip
-        elif isinstance(clip, ClipSpec):
-            self._clip_spec = clip
-        elif clip is not None:
-            self._clip_spec = parse_clip_spec(clip, pretrained)
 
     @classmethod
     def open(cls, path: str | Path, *, clip: str | ClipSpec | ClipEncoder | None = None,
@@ -106,6 +107,12 @@ class Retriever:
              device: str | None = None, verify: str = "auto") -> Retriever:
         return cls(index_store.open_store(path, verify=verify), clip=clip, pretrained=pretrained,
                    minilm=minilm, device=device)
+
+    def with_encoders(self, *, clip: Any, minilm: Any) -> Retriever:
+        """The same store and search backend with other encoders (e.g. ones that queue their work)."""
+        other = Retriever(self.store, clip=clip, minilm=minilm, device=self.device)
+        other._search_views = self._search_views
+        return other
 
     @property
     def rows(self) -> int:

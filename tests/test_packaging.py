@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -94,9 +95,12 @@ def test_a_missing_extra_is_named_in_one_line_and_the_core_still_works(tmp_path,
 
 @pytest.mark.slow
 def test_the_wheel_in_a_fresh_venv_from_a_folder_with_shadowing_packages(tmp_path, cli_store_path, clip_spec):
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the working tree
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", "runs", "build", "dist", ".git", "__pycache__", "*.egg-info", ".pytest_cache"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(source)], check=True, capture_output=True, timeout=600)
     [wheel] = dist.glob("nearest_prompt-*.whl")
     dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"
     with zipfile.ZipFile(wheel) as z:

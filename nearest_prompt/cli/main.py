@@ -19,7 +19,6 @@ from nearest_prompt.common.errors import InputError, NearestPromptError
 from nearest_prompt.common.sizes import format_bytes
 from nearest_prompt.common.text import printable
 from nearest_prompt.common.version import __version__, library_versions
-from nearest_prompt.service.settings import ServeSettings
 
 from .args import (
     Formatter,
@@ -132,32 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compose_parsers(cmd)
 
-    sv = cmd("serve", "serve query and predict over HTTP, with a web page")
-    sv.add_argument("--index", required=True, metavar="DIR", help="index store directory")
-    sv.add_argument("--host", default=default(ServeSettings, "host"),
-                    help="address to bind; anything but loopback without --token prints a warning")
-    sv.add_argument("--port", type=int, default=default(ServeSettings, "port"), help="port (0: any free one)")
-    sv.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint but "
-                                                  "/health, the page and the API description")
-    sv.add_argument("--max-batch", type=positive_int, default=default(ServeSettings, "max_batch"),
-                    help="images sharing one CLIP forward pass")
-    sv.add_argument("--max-wait-ms", type=float, default=default(ServeSettings, "max_wait_ms"),
-                    help="how long a request waits for others to share its batch")
-    sv.add_argument("--workers", type=positive_int, default=default(ServeSettings, "workers"),
-                    help="server processes, each holding its own model")
-    sv.add_argument("--max-body-mb", type=float, default=default(ServeSettings, "max_body_bytes") / 2**20,
-                    help="largest request body in MiB")
-    sv.add_argument("--queue-size", type=positive_int, default=default(ServeSettings, "queue_size"),
-                    help="images waiting for the encoder before requests get 503")
-    sv.add_argument("--timeout", type=float, default=default(ServeSettings, "timeout_s"),
-                    help="seconds per request before 503")
-    sv.add_argument("--allow-image-urls", action="store_true",
-                    help="let /knn-service fetch image_url (off: fetching URLs for strangers is an SSRF hole)")
-    sv.add_argument("--name", default=None, help="the index's name in /indices-list (default: the folder's name)")
-    sv.add_argument("--max-pixels", type=positive_int, default=default(ServeSettings, "max_pixels"),
-                    help="refuse larger images (decompression bombs)")
-    add_model_args(sv, building=False)
-    add_common(sv)
+    from .serve import add_parser as add_serve_parser
+
+    add_serve_parser(cmd)
 
     i = cmd("info", "what an index store holds")
     i.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -329,21 +305,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from nearest_prompt.service.server import serve
-
-    serve(ServeSettings(index=args.index, host=args.host, port=args.port, token=args.token, max_batch=args.max_batch,
-                        clip=args.clip, pretrained=args.pretrained,
-                        max_wait_ms=args.max_wait_ms, workers=args.workers,
-                        max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=args.max_pixels,
-                        queue_size=args.queue_size, timeout_s=args.timeout, allow_image_urls=args.allow_image_urls,
-                        device=args.device, search_backend=args.search_backend, name=args.name))
-    return 0
-
-
 def commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     from .compose import cmd_interrogate
     from .evaluation import cmd_blend, cmd_eval
+    from .serve import cmd_serve
 
     return {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info,
             "eval": cmd_eval, "blend": cmd_blend, "serve": cmd_serve, "interrogate": cmd_interrogate}
@@ -364,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     _setup_logging(args)
     try:
+        if getattr(args, "max_pixels", None):
+            from nearest_prompt.encoders.images import set_pixel_limit
+
+            set_pixel_limit(args.max_pixels)  # Pillow's own check, at the same limit as ours
         return commands()[args.command](args)
     except NearestPromptError as e:
         print(f"nearest-prompt: error: {error_line(e)}", file=sys.stderr)

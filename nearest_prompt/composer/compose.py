@@ -95,12 +95,13 @@ class Component:
     """One part of a composed prompt: its text, where it came from ("caption"; "prompt": the top neighbour's
     whole prompt; "neighbour": a clause of a neighbour prompt; "fragment": the store's vocabulary), its own
     similarity to the target, and the objective of the prompt once it was appended (the chain's
-    trajectory; not scored (NaN) in classic, estimated in fast but for the last)."""
+    trajectory; not scored (NaN) in classic; in fast, ``estimated`` from vectors alone but for the last)."""
 
     text: str
     source: str
     similarity: float
     score: float
+    estimated: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ class Composition:
         r = lambda x: None if x is None or x != x else round(float(x), 6)  # noqa: E731  (NaN: not scored)
         return {"prompt": self.prompt, "objective": self.objective, "score": r(self.score),
                 "clip_similarity": r(self.clip_similarity), "tokens": self.tokens,
-                "components": [{"text": c.text, "source": c.source, "similarity": r(c.similarity), "score": r(c.score)}
-                               for c in self.components],
+                "components": [{"text": c.text, "source": c.source, "similarity": r(c.similarity), "score": r(c.score),
+                                "estimated": c.estimated} for c in self.components],
                 "minilm": [round(float(v), 7) for v in self.minilm]}
 
 
@@ -392,7 +393,8 @@ class Composer:
                     components.append(Component(pool.top_prompt, "prompt", p.trail[0], p.trail[0]))
                 else:
                     components.append(Component(pool.texts[part], pool.sources[part],
-                                                float(pool.vectors[part] @ targets[q]), step_score))
+                                                float(pool.vectors[part] @ targets[q]), step_score,
+                                                estimated=o.mode == "fast"))
             if o.mode != "best" and components:  # the trail was estimated; the last step is now exact
                 components[-1] = Component(components[-1].text, components[-1].source, components[-1].similarity,
                                            float(scores[q]))

@@ -5,11 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,17 @@ from nearest_prompt.common.errors import InputError
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x 9459)
-_CAP_LOCK = threading.RLock()  # Image.MAX_IMAGE_PIXELS is process-wide
+# our own check decides first (on the header, below the limit); Pillow's warning between its limit and twice it
+# would only repeat it
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Run Pillow's own decompression-bomb check (which refuses images and animation frames over twice its
+    limit) at ``max_pixels``. Pillow keeps the limit process-wide, so the adapters (the CLI, the service) call
+    this once with their --max-pixels; ``load_image`` then checks every image against its own ``max_pixels``
+    too, from the header, without changing anything shared, so images decode in parallel threads."""
+    Image.MAX_IMAGE_PIXELS = int(max_pixels)
 
 
 def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -42,7 +50,7 @@ def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX
         path = Path(path)
         source = path
     try:
-        with _pillow_cap(max_pixels), Image.open(source) as im:
+        with Image.open(source) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(_bomb_message(path, w, h, max_pixels), param="max_pixels")
@@ -51,9 +59,9 @@ def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX
             return to_rgb(im)
     except InputError:
         raise
-    except Image.DecompressionBombError as e:  # Pillow's check at max_pixels: over twice it, frames included
-        raise InputError(f"{path}: over the limit of {max_pixels:,} pixels (a guard against decompression bombs: "
-                         f"{e}); resize the image, or raise max_pixels if it is genuine", param="max_pixels") from e
+    except Image.DecompressionBombError as e:  # Pillow's own check (set_pixel_limit): frames included
+        raise InputError(f"{path}: over the limit of {max_pixels:,} pixels (a guard against decompression bombs); "
+                         "resize the image, or raise max_pixels if it is genuine", param="max_pixels") from e
     except FileNotFoundError as e:
         raise InputError(f"{path}: no such file") from e
     except IsADirectoryError as e:
@@ -66,23 +74,6 @@ def load_image(path: str | os.PathLike | bytes, *, max_pixels: int = DEFAULT_MAX
 def _bomb_message(path: Path, w: int, h: int, max_pixels: int) -> str:
     return (f"{path}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} (a guard against "
             "decompression bombs); resize the image, or raise max_pixels if it is genuine")
-
-
-@contextmanager
-def _pillow_cap(max_pixels: int | None) -> Iterator[None]:
-    """Pillow's own decompression-bomb cap set to ``max_pixels`` while an image is opened and decoded, so
-    that ``max_pixels`` governs both checks: ours on the header, and Pillow's, which refuses images (and
-    animation frames) over twice the cap. ``None`` switches Pillow's off where only a header is read and
-    our own check follows."""
-    with _CAP_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        try:
-            with warnings.catch_warnings():  # our own limit applies; Pillow's warning would be noise
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -188,8 +179,11 @@ def collect_images(args: Iterable[str | os.PathLike], *, max_pixels: int = DEFAU
 def _header_problem(path: Path, max_pixels: int) -> str | None:
     """A cheap check of the header; full decoding errors surface in ``load_image``."""
     try:
-        with _pillow_cap(None), Image.open(path) as im:  # the header only; the check is ours, below
+        with Image.open(path) as im:  # the header only; the check is ours, below
             w, h = im.size
+    except Image.DecompressionBombError:  # Pillow's own, at twice its limit (set_pixel_limit)
+        return (f"over the pixel limit (limit {max_pixels:,} pixels, a guard against decompression bombs): raise "
+                "max_pixels (--max-pixels) if it is genuine")
     except Exception as e:
         return f"not an image ({type(e).__name__})"
     if w * h > max_pixels:

@@ -1,137 +1,207 @@
-"""The FastAPI application: routes, request parsing (JSON or multipart), limits, errors, metrics, reload.
+"""The FastAPI application: routes, request models, the admission path, errors, metrics, reload.
 
-Every bad request gets a 4xx and ``{"error": "<one line>"}``; nothing a client sends causes a 5xx. The
-store is opened once (memory-mapped) and the CLIP model loaded once; ``reload`` opens the store again,
-validates it with a probe search, and swaps it in: requests in flight finish on the old one.
+Every body is declared: a JSON model, and for the endpoints that take images a multipart form model too
+(``image`` files plus the same options as form fields), each the handler of its own route on the same path
+(``routes.JsonRoute`` and ``routes.UploadRoute`` pick by content type); the OpenAPI document is generated
+from them (``routes.merged_openapi`` lists both bodies of such a path). The token is a security dependency
+(HTTP bearer). Every bad request gets a 4xx and ``{"error": "<one line>"}``; nothing a client sends causes a
+5xx.
+
+The admission path: a request takes its share of ``queue_size`` (its images and texts; an interrogate
+counts 2) or is refused at once with 503 and ``Retry-After``; its model work then runs on the models' own
+worker threads (``workers.ModelWorker``: one per model, passes of at most ``max_batch`` items), called from
+the request's thread through queued encoders (``models``), the composer's and caption fusion's calls
+included. The store is opened once (memory-mapped) and the models loaded once; ``reload`` opens the store
+again, validates it with a probe search, and swaps it in: requests in flight finish on the old one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, File, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nearest_prompt.common.errors import NearestPromptError, StoreError
 from nearest_prompt.composer import ComposeOptions, Composer
-from nearest_prompt.retriever import Retriever
+from nearest_prompt.encoders.images import set_pixel_limit
+from nearest_prompt.retriever import Retriever, Weighting
 from nearest_prompt.retriever.search import check_k
-from nearest_prompt.retriever.weighting import Weighting
 
-from .batcher import MicroBatcher, QueueFull
-from .metrics import Metrics
+from . import models
+from .limits import BodyLimit
+from .metrics import Metrics, MetricsMiddleware
+from .models import QueuedCaptioner, QueuedClip, QueuedMiniLM, TimedOut
 from .parsing import (
+    Base64Image,
     ClientError,
-    b64_image,
+    check_captions,
     decode_images,
     neighbors_of,
-    parse_body,
+    parse_captions,
+    read_uploads,
     unit_embedding,
     validation_message,
 )
+from .routes import JsonRoute, ParsingRoute, UploadRoute, merged_openapi
 from .schemas import (
     ErrorResponse,
     HealthResponse,
+    InterrogateForm,
     InterrogateRequest,
     InterrogateResponse,
     KnnRequest,
     KnnResult,
     MetadataItem,
     MetadataRequest,
+    PredictForm,
     PredictRequest,
     PredictResponse,
+    QueryForm,
     QueryRequest,
     QueryResponse,
     ReloadResponse,
 )
 from .settings import ServeSettings
+from .workers import Admission, Busy, ModelWorker, TooLarge
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-PUBLIC = ("/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/favicon.ico")
 ERRORS = {400: {"model": ErrorResponse, "description": "bad request"},
           401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
           413: {"model": ErrorResponse, "description": "body or image too large"},
           422: {"model": ErrorResponse, "description": "malformed body"},
-          503: {"model": ErrorResponse, "description": "queue full or request timed out; retry later"}}
+          503: {"model": ErrorResponse, "description": "the server is busy or the request timed out; retry later"}}
+INTERROGATE_WORK = 2  # admission units of one interrogate: its image, and composing
 
 
 # -- the served store ------------------------------------------------------------------------------------------
 def open_served(settings: ServeSettings, *, reuse: Retriever | None = None) -> Retriever:
-    """Open and validate the store, load its models (reusing ``reuse``'s CLIP when it is the same model),
-    and run a probe search: what start-up and reload both do before anything is served from it."""
+    """Open and validate the store, load its models (reusing ``reuse``'s when they are the same model), and
+    run a probe search: what start-up and reload both do before anything is served from it. The retriever
+    returned holds the models themselves; ``Service`` serves through queued views of them."""
     r = Retriever.open(settings.index, clip=settings.clip, pretrained=settings.pretrained, device=settings.device)
     if reuse is not None and r.store.clip_info.mismatch(reuse.clip.info) is None:
         r = Retriever(r.store, clip=reuse.clip, minilm=reuse.minilm, device=settings.device)
     r.use_search_backend(settings.search_backend)
-    probe = r.embed_texts(["a probe query"])
-    r.search(probe, k=1)
-    r.minilm  # noqa: B018 - loaded now: caption fusion and MiniLM queries need it
+    r.search(r.embed_texts(["a probe query"]), k=1)
+    r.minilm  # noqa: B018 - loaded now: caption fusion, MiniLM queries and the composer need it
     return r
 
 
-class Service:
-    """What the routes share: settings, the current retriever, the batcher, metrics."""
+def load_captioner(settings: ServeSettings) -> Any:
+    if not settings.captioner:
+        return None
+    from nearest_prompt.encoders.captioner import load_captioner as load
+    from nearest_prompt.encoders.captioner import parse_captioner_spec
 
-    def __init__(self, settings: ServeSettings, retriever: Retriever | None = None):
+    return load(parse_captioner_spec(settings.captioner, settings.captioner_pretrained), device=settings.device)
+
+
+@dataclass
+class Served:
+    models: Retriever  # holds the loaded models (what reload reuses)
+    retriever: Retriever  # the same store, its encoders queued on the workers: what requests use
+
+
+class Service:
+    """What the routes share: settings, the served store, the admission count, the model workers, metrics."""
+
+    def __init__(self, settings: ServeSettings, loaded: Retriever | None = None, captioner: Any = None):
         self.settings = settings
-        self.retriever = retriever
+        self.token = settings.bearer_token()
         self.metrics = Metrics()
-        self.batcher = MicroBatcher(self._encode, max_batch=settings.max_batch,
-                                    max_wait_s=settings.max_wait_ms / 1000, queue_size=settings.queue_size,
-                                    on_batch=self.metrics.batch.observe)
-        self.metrics.queue.set_function(lambda: self.batcher.depth)
+        self.admission = Admission(settings.queue_size)
+        wait_s = settings.max_wait_ms / 1000
+        self.workers = {name: ModelWorker(name, max_batch=settings.max_batch, max_wait_s=wait_s,
+                                          on_pass=self.metrics.forward_pass)
+                        for name in ("clip", "minilm", *(("captioner",) if captioner is not None else ()))}
+        self.metrics.watch(self.admission, self.workers)
+        self.captioner = QueuedCaptioner(captioner, self.workers["captioner"]) if captioner is not None else None
+        self.served: Served | None = self._serve(loaded) if loaded is not None else None
         self._reload_lock = asyncio.Lock()
 
-    @staticmethod
-    def _encode(key: tuple[str, Retriever], items: list[Any]) -> np.ndarray:
-        kind, r = key
-        if kind == "image":
-            return r.clip.encode_images(items, batch_size=len(items))
-        return r.embed_texts(items, batch_size=len(items))
+    def _serve(self, loaded: Retriever) -> Served:
+        queued = loaded.with_encoders(clip=QueuedClip(loaded.clip, self.workers["clip"]),
+                                      minilm=QueuedMiniLM(loaded.minilm, self.workers["minilm"]))
+        return Served(models=loaded, retriever=queued)
 
-    async def encode(self, r: Retriever, kind: str, items: list[Any]) -> np.ndarray:
-        try:
-            return np.stack(await self.batcher.submit((kind, r), items))
-        except QueueFull as e:
-            raise ClientError(503, f"the server is busy ({e}); retry in a moment", {"Retry-After": "1"}) from None
-        except ValueError as e:  # a request larger than the whole queue
-            raise ClientError(413, str(e)) from None
+    def current(self) -> Retriever:
+        if self.served is None:
+            raise ClientError(503, "the index is still loading; retry in a moment", {"Retry-After": "1"})
+        return self.served.retriever
+
+    async def load(self) -> None:
+        if self.served is None:
+            self.served = self._serve(await run_in_threadpool(open_served, self.settings))
 
     async def reload(self) -> Retriever:
         async with self._reload_lock:
-            old = self.retriever
-            new = await run_in_threadpool(open_served, self.settings, reuse=old)
-            self.retriever = new
-            log.info("reloaded %s: %d prompts", self.settings.index, new.rows)
-            return new
+            old = self.served.models if self.served is not None else None
+            self.served = self._serve(await run_in_threadpool(open_served, self.settings, reuse=old))
+            log.info("reloaded %s: %d prompts", self.settings.index, self.served.models.rows)
+            return self.served.retriever
+
+    @asynccontextmanager
+    async def admitted(self, n: int):
+        """Hold ``n`` units of work for the request (503 when the server holds too much), with its deadline set
+        for the model calls it makes."""
+        try:
+            self.admission.take(n)
+        except Busy as e:
+            raise ClientError(503, f"the server is busy ({e}); retry in a moment", {"Retry-After": "1"}) from None
+        except TooLarge as e:
+            raise ClientError(413, str(e)) from None
+        token = models.deadline.set(time.monotonic() + self.settings.timeout_s if self.settings.timeout_s else None)
+        try:
+            yield
+        except TimedOut:
+            raise ClientError(503, f"the request took over {self.settings.timeout_s:g} s; retry later",
+                              {"Retry-After": "1"}) from None
+        finally:
+            models.deadline.reset(token)
+            self.admission.give(n)
+
+    async def run(self, n: int, work: Callable[..., Any], *args: Any, blobs: list[bytes] = (), **kw: Any) -> Any:
+        """Admit ``n`` units, decode ``blobs`` (in parallel threads), then ``work(images, *args)`` in a thread."""
+        async with self.admitted(n):
+            images = await decode_images(list(blobs), max_pixels=self.settings.max_pixels) if blobs else []
+            return await run_in_threadpool(work, images, *args, **kw)
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
 
 
 # -- the app ----------------------------------------------------------------------------------------------------
-def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -> FastAPI:
-    """The app over ``settings.index`` (opened at start-up unless ``retriever`` is given)."""
-    service = Service(settings, retriever)
+def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, captioner: Any = None) -> FastAPI:
+    """The app over ``settings.index`` (opened at start-up unless ``retriever``, holding the loaded models, is
+    given; ``captioner``: a loaded CoCa captioner, else one is loaded from ``settings.captioner``)."""
+    set_pixel_limit(settings.max_pixels)
+    if captioner is None and settings.captioner:
+        captioner = load_captioner(settings)
+    service = Service(settings, retriever, captioner)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if service.retriever is None:
-            service.retriever = await run_in_threadpool(open_served, settings)
-        service.batcher.start()
+        await service.load()
         try:
             import signal
 
@@ -139,7 +209,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         except (ValueError, NotImplementedError, RuntimeError):  # not the main thread (tests), or no SIGHUP
             pass
         yield
-        await service.batcher.stop()
+        service.close()
 
     async def _sighup() -> None:
         try:
@@ -147,55 +217,44 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         except Exception as e:  # noqa: BLE001 - a bad store must never stop the server
             log.error("reload on SIGHUP refused, the old store keeps serving: %s", e)
 
-    app = FastAPI(title="nearest-prompt", version=_version(), lifespan=lifespan,
-                  description="Which text prompt made this image? Nearest prompts and competition vectors over HTTP.")
+    app = FastAPIOffline(title="nearest-prompt", version=_version(), lifespan=lifespan, redoc_url=None,
+                         strict_content_type=False,
+                         description="Which text prompt made this image? Nearest prompts, competition vectors and "
+                                     "composed prompts over HTTP.")
     app.state.service = service
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    bearer = HTTPBearer(auto_error=False, description="the server's token (serve --token-file)")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path
-        endpoint = path if path in KNOWN else "other"
-        start = time.perf_counter()
-        try:
-            if settings.token and not (path in PUBLIC or path.startswith("/static/")):
-                sent = request.headers.get("authorization", "")
-                if not hmac.compare_digest(sent.encode(), f"Bearer {settings.token}".encode()):
-                    raise ClientError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
-                                      {"WWW-Authenticate": "Bearer"})
-            too_large = ClientError(413, f"the body is over the limit of {settings.max_body_bytes} bytes")
-            size = request.headers.get("content-length")
-            if size is not None and (not size.isdigit() or int(size) > settings.max_body_bytes):
-                raise too_large
-            if request.method == "POST" and size is None:  # chunked: read it, within the limit
-                body = bytearray()
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > settings.max_body_bytes:
-                        raise too_large
-                request._body = bytes(body)  # noqa: SLF001 - starlette reads the cached body from here
-            response = await asyncio.wait_for(call_next(request), timeout=settings.timeout_s or None)
-        except ClientError as e:
-            response = error(e.status, str(e), e.headers)
-        except asyncio.TimeoutError:
-            response = error(503, f"the request took over {settings.timeout_s:g} s; retry later",
-                             {"Retry-After": "1"})
-        service.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            service.metrics.errors.labels(endpoint).inc()
-        service.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
+    async def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if service.token is None:
+            return
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), service.token.encode()):
+            raise ClientError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN' (on the page: enter "
+                                   "it in the token box)", {"WWW-Authenticate": "Bearer"})
 
-    @app.exception_handler(ClientError)
-    async def _client_error(request: Request, e: ClientError) -> JSONResponse:
-        return error(e.status, str(e), e.headers)
+    guarded = [Depends(require_token)] if service.token else []
+
+    def route(path: str, *, method: str = "POST", cls: type = ParsingRoute, auth: bool = True,
+              **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Add the handler as a route of class ``cls``, behind the token unless ``auth`` is False."""
+        def add(handler: Callable[..., Any]) -> Callable[..., Any]:
+            app.router.add_api_route(path, handler, methods=[method], route_class_override=cls,
+                                     dependencies=guarded if auth else [], responses=ERRORS if auth else None, **kw)
+            return handler
+        return add
+
+    json_route = functools.partial(route, cls=JsonRoute)
+    upload_route = functools.partial(route, cls=UploadRoute)
+    clip_back = functools.partial(route, auth=not settings.open_clip_back)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error(e.status_code, str(e.detail), getattr(e, "headers", None))
+        return error(e.status_code, http_message(e), getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
-        return error(422, validation_message(e))
+        return error(*validation_message(e))
 
     @app.exception_handler(StoreError)
     async def _store(request: Request, e: StoreError) -> JSONResponse:
@@ -204,93 +263,116 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
 
     @app.exception_handler(NearestPromptError)
     async def _library(request: Request, e: NearestPromptError) -> JSONResponse:
-        return error(400, " ".join(str(e).split()))
+        return error(400, str(e))
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
         return error(500, f"internal error ({type(e).__name__}); see the server's log")
 
-    async def query_vector(r: Retriever, *, text: str | None, image: bytes | None, embedding: list[float] | None,
-                           field: str) -> np.ndarray:
-        """One unit CLIP query vector [1, d] from whichever of the three was given (checked: exactly one)."""
-        if embedding is not None:
-            return unit_embedding(embedding, r.store.indexes["clip"].d, field=field)
-        if text is not None:
-            return await service.encode(r, "text", [text])
-        return await service.encode(r, "image", await decode_images([image], settings))
-
-    def current() -> Retriever:
-        if service.retriever is None:
-            raise ClientError(503, "the index is still loading; retry in a moment", {"Retry-After": "1"})
-        return service.retriever
-
-    @app.get("/health", response_model=HealthResponse, summary="liveness, and the number of prompts served")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "rows": current().rows}
-
-    @app.get("/info", summary="what `nearest-prompt info --json` prints", responses=ERRORS)
-    async def info() -> dict[str, Any]:
-        return await run_in_threadpool(current().store.describe)
-
-    @app.post("/query", response_model=QueryResponse, responses=ERRORS, summary="nearest prompts",
-              openapi_extra=_body(QueryRequest, "image"))
-    async def query(request: Request) -> dict[str, Any]:
-        req, files = await parse_body(request, QueryRequest, file_field="image", many=False)
-        r = current()
-        given = [name for name in ("image", "text", "embedding") if getattr(req, name) is not None]
+    # -- query ------------------------------------------------------------------------------------------
+    async def query(*, image: bytes | None, text: str | None, embedding: list[float] | None, k: int) -> dict[str, Any]:
+        r = service.current()
+        given = [name for name, v in (("image", image), ("text", text), ("embedding", embedding)) if v is not None]
         if len(given) != 1:
-            raise ClientError(400, "give exactly one of image, text or embedding"
-                                   + (f" (got {', '.join(given)})" if given else ""))
-        check_k(req.k, r.rows)
-        image = None if req.image is None else files[0] if files else b64_image(req.image, field="image")
-        vectors = await query_vector(r, text=req.text, image=image, embedding=req.embedding, field="embedding")
-        nb = await run_in_threadpool(r.search, vectors, k=req.k)
-        return {"neighbors": neighbors_of(r, nb.ids[0], nb.scores[0]), "note": r.store.note}
+            raise ClientError(400, "give exactly one of image, text or embedding" + (f" (got {', '.join(given)})"
+                                                                                     if given else ""))
+        if text is not None and not text.strip():
+            raise ClientError(400, "text: empty; give a text to search for")
 
-    @app.post("/predict", response_model=PredictResponse, responses=ERRORS,
-              summary="one unit 384-d vector and a confidence per image", openapi_extra=_body(PredictRequest, "image"))
-    async def predict(request: Request) -> dict[str, Any]:
-        req, files = await parse_body(request, PredictRequest, file_field="image", many=True)
-        r = current()
-        check_k(req.k, r.rows)
-        if req.captions is not None and len(req.captions) != len(req.images):
-            raise ClientError(400, f"captions: {len(req.captions)} for {len(req.images)} images; give one per "
-                                   "image (null where there is none)")
-        blobs = files or [b64_image(im, field=f"images.{i}") for i, im in enumerate(req.images)]
-        vectors = await service.encode(r, "image", await decode_images(blobs, settings))
-        weighting = Weighting(scheme=req.weighting, power=req.power, eps=req.eps, temperature=req.temperature)
-        pred = await run_in_threadpool(r.predict, vectors, k=req.k, weighting=weighting, captions=req.captions,
-                                       caption_weight=req.caption_weight, caption_space=req.caption_space)
-        return {"results": [{"vector": v.tolist(), "confidence": float(c), "top_score": None if np.isnan(t) else float(t)}
-                            for v, c, t in zip(pred.vectors, pred.confidence, pred.top_score)], "note": r.store.note}
+        def work(images: list[Any]) -> dict[str, Any]:
+            if embedding is not None:
+                q = unit_embedding(embedding, r.store.indexes["clip"].d, field="embedding")
+            elif text is not None:
+                q = r.embed_texts([text])
+            else:
+                q = r.embed_images(images).vectors
+            nb = r.search(q, k=k)
+            return {"neighbors": neighbors_of(r, nb.ids[0], nb.scores[0]), "note": r.store.note}
 
-    @app.post("/interrogate", response_model=InterrogateResponse, responses=ERRORS,
-              summary="a prompt to paste into a generator, composed for one image",
-              openapi_extra=_body(InterrogateRequest, "image"))
-    async def interrogate(request: Request) -> dict[str, Any]:
-        req, files = await parse_body(request, InterrogateRequest, file_field="image", many=False)
-        r = current()
-        check_k(req.k, r.rows)
-        image = files[0] if files else b64_image(req.image, field="image")
-        vectors = await service.encode(r, "image", await decode_images([image], settings))
-        composer = Composer(r, options=ComposeOptions(mode=req.mode, objective=req.objective, start=req.start,
-                                                      target_k=req.k, neighbors=req.neighbors,
-                                                      fragments=req.fragments))
-        caption = req.caption if req.caption and req.caption.strip() else None
-        done = await run_in_threadpool(composer.interrogate, vectors, captions=[caption])
-        return {**done[0].to_dict(), "caption": caption, "note": r.store.note}
+        return await service.run(1, work, blobs=[image] if image is not None else [])
 
-    # -- clip-retrieval's clip back protocol --------------------------------------------------------------
-    @app.get("/indices-list", response_model=list[str], responses=ERRORS, summary="clip back: the index names")
+    @json_route("/query", response_model=QueryResponse, summary="nearest prompts to an image, a text or a vector")
+    async def query_json(req: QueryRequest) -> dict[str, Any]:
+        image = Base64Image.of(req.image, "image") if req.image is not None else None
+        return await query(image=image, text=req.text, embedding=req.embedding, k=k_of(req, service.current().rows))
+
+    @upload_route("/query", response_model=QueryResponse, summary="nearest prompts to an uploaded image")
+    async def query_upload(form: Annotated[QueryForm, File()]) -> dict[str, Any]:
+        [image] = await read_uploads(form.image, one=True)
+        return await query(image=image, text=None, embedding=None, k=k_of(form, service.current().rows))
+
+    # -- predict ----------------------------------------------------------------------------------------
+    async def predict(blobs: list[bytes], o: Any, captions: list[str | None] | None) -> dict[str, Any]:
+        r = service.current()
+        k = k_of(o, r.rows)
+        captions = check_captions(captions, len(blobs))
+        if o.caption_images and service.captioner is None:
+            raise ClientError(400, "caption_images: this server has no captioner (start it with --captioner)")
+        weighting = Weighting(scheme=o.weighting, power=o.power, eps=o.eps, temperature=o.temperature)
+        missing = [i for i in range(len(blobs)) if not (captions and captions[i])] if o.caption_images else []
+        texts = sum(1 for c in captions or [] if c)
+
+        def work(images: list[Any]) -> dict[str, Any]:
+            caps = list(captions) if captions is not None else [None] * len(images)
+            if missing:
+                for i, c in zip(missing, service.captioner.caption([images[i] for i in missing])):
+                    caps[i] = c
+            vectors = r.embed_images(images).vectors
+            pred = r.predict(vectors, k=k, weighting=weighting, captions=caps if any(caps) else None,
+                             caption_weight=o.caption_weight, caption_space=o.caption_space)
+            return {"results": [{"vector": v.tolist(), "confidence": float(c),
+                                 "top_score": None if t != t else float(t)}
+                                for v, c, t in zip(pred.vectors, pred.confidence, pred.top_score)],
+                    "note": r.store.note}
+
+        return await service.run(len(blobs) + texts + 2 * len(missing), work, blobs=blobs)
+
+    @json_route("/predict", response_model=PredictResponse, summary="one unit 384-d vector and a confidence per image")
+    async def predict_json(req: PredictRequest) -> dict[str, Any]:
+        return await predict([Base64Image.of(im, f"images.{i}") for i, im in enumerate(req.images)], req, req.captions)
+
+    @upload_route("/predict", response_model=PredictResponse, summary="vectors for uploaded images")
+    async def predict_upload(form: Annotated[PredictForm, File()]) -> dict[str, Any]:
+        blobs = await read_uploads(form.image, one=False)
+        return await predict(blobs, form, parse_captions(form.captions, len(blobs)))
+
+    # -- interrogate ------------------------------------------------------------------------------------
+    async def interrogate(image: bytes, o: Any) -> dict[str, Any]:
+        r = service.current()
+        options = ComposeOptions(mode=o.mode, objective=o.objective, start=o.start, target_k=k_of(o, r.rows),
+                                 neighbors=o.neighbors, fragments=o.fragments).validate()
+        caption = o.caption if o.caption and o.caption.strip() else None
+
+        def work(images: list[Any]) -> dict[str, Any]:
+            cap = caption
+            if cap is None and service.captioner is not None:
+                cap = service.captioner.caption(images)[0] or None
+            vectors = r.embed_images(images).vectors
+            [done] = Composer(r, options=options).interrogate(vectors, captions=[cap])
+            return {**done.to_dict(), "caption": cap, "note": r.store.note}
+
+        return await service.run(INTERROGATE_WORK + (service.captioner is not None and caption is None), work,
+                                 blobs=[image])
+
+    @json_route("/interrogate", response_model=InterrogateResponse,
+              summary="a prompt to paste into a generator, composed for one image")
+    async def interrogate_json(req: InterrogateRequest) -> dict[str, Any]:
+        return await interrogate(Base64Image.of(req.image, "image"), req)
+
+    @upload_route("/interrogate", response_model=InterrogateResponse, summary="a composed prompt for an uploaded image")
+    async def interrogate_upload(form: Annotated[InterrogateForm, File()]) -> dict[str, Any]:
+        [image] = await read_uploads(form.image, one=True)
+        return await interrogate(image, form)
+
+    # -- clip back ----------------------------------------------------------------------------------------
+    @clip_back("/indices-list", method="GET", response_model=list[str], summary="clip back: the index names")
     async def indices_list() -> list[str]:
         return [settings.index_name]
 
-    @app.post("/knn-service", response_model=list[KnnResult], responses=ERRORS,
-              summary="clip back: nearest prompts as captions", openapi_extra=_body(KnnRequest, None))
-    async def knn_service(request: Request) -> list[dict[str, Any]]:
-        req, _ = await parse_body(request, KnnRequest, file_field="image", many=False)
-        r = current()
+    @clip_back("/knn-service", response_model=list[KnnResult], summary="clip back: nearest prompts as captions")
+    async def knn_service(req: KnnRequest) -> list[dict[str, Any]]:
+        r = service.current()
         _check_index_name(req.indice_name, settings)
         if req.image_url and not settings.allow_image_urls:
             raise ClientError(400, "image_url is refused: this server does not fetch URLs (start it with "
@@ -298,19 +380,15 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         given = [n for n in ("text", "image", "image_url", "embedding_input") if getattr(req, n)]
         if len(given) != 1:
             raise ClientError(400, "give exactly one of text, image, image_url or embedding_input")
-        image = b64_image(req.image, field="image") if req.image else await _fetch(req.image_url) \
+        image = Base64Image.of(req.image, "image") if req.image else await _fetch(req.image_url) \
             if req.image_url else None
-        vectors = await query_vector(r, text=req.text or None, image=image, embedding=req.embedding_input,
-                                     field="embedding_input")
-        nb = await run_in_threadpool(r.search, vectors, k=min(req.num_images, r.rows))
-        return [{"id": n["id"], "similarity": n["score"], "caption": n["prompt"]}
-                for n in neighbors_of(r, nb.ids[0], nb.scores[0])]
+        res = await query(image=image, text=req.text or None, embedding=req.embedding_input,
+                          k=min(req.num_images, r.rows))
+        return [{"id": n["id"], "similarity": n["score"], "caption": n["prompt"]} for n in res["neighbors"]]
 
-    @app.post("/metadata", response_model=list[MetadataItem], responses=ERRORS,
-              summary="clip back: the prompt of each id", openapi_extra=_body(MetadataRequest, None))
-    async def metadata(request: Request) -> list[dict[str, Any]]:
-        req, _ = await parse_body(request, MetadataRequest, file_field="image", many=False)
-        r = current()
+    @clip_back("/metadata", response_model=list[MetadataItem], summary="clip back: the prompt of each id")
+    async def metadata(req: MetadataRequest) -> list[dict[str, Any]]:
+        r = service.current()
         _check_index_name(req.indice_name, settings)
         bad = [i for i in req.ids if not 0 <= i < r.rows]
         if bad:
@@ -318,32 +396,64 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None) -
         return [{"id": i, "metadata": {"caption": p}} for i, p in zip(req.ids, r.prompts(req.ids))]
 
     # -- operations ---------------------------------------------------------------------------------------
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses=ERRORS)
+    @route("/health", method="GET", auth=False, response_model=HealthResponse,
+           summary="liveness, and the number of prompts served")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "rows": service.current().rows, "token_required": service.token is not None}
+
+    @route("/info", method="GET", summary="what `nearest-prompt info --json` prints")
+    async def info() -> dict[str, Any]:
+        return await run_in_threadpool(service.current().store.describe)
+
+    @route("/metrics", method="GET", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/admin/reload", response_model=ReloadResponse, responses=ERRORS,
-              summary="open the store again (after a rebuild) and swap it in once validated")
+    @route("/admin/reload", response_model=ReloadResponse,
+                summary="open the store again (after a rebuild) and swap it in once validated")
     async def admin_reload() -> dict[str, Any]:
-        if not settings.token:
-            raise ClientError(403, "admin endpoints need a server started with --token (or send it SIGHUP)")
+        if not service.token:
+            raise ClientError(403, "admin endpoints need a server started with a token (--token-file), or send it "
+                                   "SIGHUP")
         try:
             r = await service.reload()
         except NearestPromptError as e:
-            raise ClientError(409, f"reload refused, the old store keeps serving: {' '.join(str(e).split())}") from None
+            raise ClientError(409, f"reload refused, the old store keeps serving: {e}") from None
         return {"status": "reloaded", "rows": r.rows}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    KNOWN = {route.path for route in app.routes}
+    app.openapi = lambda: merged_openapi(app)
     return app
+
+
+def k_of(options: Any, rows: int) -> int:
+    """The ``k`` a request asked for, checked against the store's size; one it left out is the default, at most
+    the store's size."""
+    if "k" not in options.model_fields_set:
+        return min(options.k, rows)
+    check_k(options.k, rows)
+    return options.k
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
+
+
+def http_message(e: StarletteHTTPException) -> str:
+    """One line for an HTTP error: ours as they are, the framework's made to say what to do."""
+    detail = str(e.detail)
+    if isinstance(e, ClientError):
+        return detail
+    if detail == "There was an error parsing the body":  # the framework's words for a body it could not read
+        cause = e.__cause__
+        if isinstance(cause, ClientError):
+            return str(cause.detail)
+        return f"malformed body ({type(cause).__name__ if cause else 'unreadable'}: {str(cause)[:100]})"
+    return detail
 
 
 def _check_index_name(name: str | None, settings: ServeSettings) -> None:
@@ -366,18 +476,6 @@ async def _fetch(url: str) -> bytes:  # only with --allow-image-urls
         raise
     except Exception as e:  # noqa: BLE001
         raise ClientError(400, f"image_url could not be fetched ({type(e).__name__})") from None
-
-
-def _body(model: type[BaseModel], file_field: str | None) -> dict[str, Any]:
-    """The OpenAPI request body: JSON per ``model``; multipart with the image file(s) too, where files are taken."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    content: dict[str, Any] = {"application/json": {"schema": schema}}
-    if file_field:
-        content["multipart/form-data"] = {"schema": {
-            "type": "object", "required": [file_field],
-            "properties": {file_field: {"type": "string", "format": "binary"},
-                           "k": {"type": "integer", "minimum": 1}}}}
-    return {"requestBody": {"required": True, "content": content}}
 
 
 def _version() -> str:

@@ -1,18 +1,22 @@
-"""Request and response models: they validate JSON bodies and make the OpenAPI document.
+"""Request and response models: they validate every body and make the OpenAPI document.
 
-Unknown fields are refused (``extra="forbid"``), except in the clip back protocol, whose clients send
-fields this service accepts and ignores (listed in ``KnnRequest``).
+Each endpoint that takes images has a JSON model (images as base64) and a form model for multipart
+uploads (images as files in the field ``image``); both share one model of the options. Unknown fields are
+refused (``extra="forbid"``), except in the clip back protocol, whose clients send fields this service
+accepts and ignores (listed in ``KnnRequest``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 10_000  # also bounded by the index size at run time
 MAX_IMAGES = 256  # per predict request
 MAX_TEXT = 10_000  # characters of a text query or caption
+MAX_EMBEDDING = 8192  # numbers in a query vector
 
 
 class Strict(BaseModel):
@@ -23,13 +27,21 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="one line naming the problem and the fix")
 
 
-class QueryRequest(Strict):
+# -- query ------------------------------------------------------------------------------------------------
+class QueryOptions(Strict):
+    k: int = Field(10, ge=1, le=MAX_K, description="neighbours to return (at most the index size)")
+
+
+class QueryRequest(QueryOptions):
     """Exactly one of ``image`` (base64), ``text`` or ``embedding`` (a CLIP-space vector)."""
 
     image: str | None = Field(None, description="base64 of an image file (PNG, JPEG, WebP, ...)")
     text: str | None = Field(None, max_length=MAX_TEXT, description="searched through the CLIP text encoder")
-    embedding: list[float] | None = Field(None, max_length=8192, description="a CLIP-space query vector")
-    k: int = Field(10, ge=1, le=MAX_K, description="neighbours to return (at most the index size)")
+    embedding: list[float] | None = Field(None, max_length=MAX_EMBEDDING, description="a CLIP-space query vector")
+
+
+class QueryForm(QueryOptions):
+    image: list[UploadFile] = Field(description="one image file")
 
 
 class Neighbor(BaseModel):
@@ -43,17 +55,29 @@ class QueryResponse(BaseModel):
     note: str | None = None
 
 
-class PredictRequest(Strict):
-    images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES, description="base64 image files")
+# -- predict ----------------------------------------------------------------------------------------------
+class PredictOptions(Strict):
     k: int = Field(100, ge=1, le=MAX_K)
     weighting: Literal["power", "softmax"] = "power"
     power: float = Field(6.0, gt=0, le=1e6)
     eps: float = Field(1e-6, gt=0, le=1e6)
     temperature: float = Field(0.01, gt=0, le=1e6)
-    captions: list[str | None] | None = Field(None, max_length=MAX_IMAGES,
-                                              description="one caption per image (null: none), fused with it")
     caption_weight: float = Field(1.0, ge=0, le=1e6)
     caption_space: Literal["clip", "minilm"] = "clip"
+    caption_images: bool = Field(False, description="caption the images that have no caption with the server's "
+                                                     "captioner (serve --captioner) and fuse them")
+
+
+class PredictRequest(PredictOptions):
+    images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES, description="base64 image files")
+    captions: list[str | None] | None = Field(None, max_length=MAX_IMAGES,
+                                              description="one caption per image (null: none), fused with it")
+
+
+class PredictForm(PredictOptions):
+    image: list[UploadFile] = Field(max_length=MAX_IMAGES, description="the image files, in order")
+    captions: str | None = Field(None, max_length=MAX_IMAGES * (MAX_TEXT + 8),
+                                 description='a JSON list with one caption per image (null: none), e.g. ["a cat", null]')
 
 
 class PredictResult(BaseModel):
@@ -67,11 +91,10 @@ class PredictResponse(BaseModel):
     note: str | None = None
 
 
-class InterrogateRequest(Strict):
-    """One image (base64 here, or a multipart file in ``image``), optionally its caption (the subject)."""
-
-    image: str = Field(..., description="base64 of an image file")
-    caption: str | None = Field(None, max_length=MAX_TEXT, description="starts the prompt (e.g. from a captioner)")
+# -- interrogate ------------------------------------------------------------------------------------------
+class InterrogateOptions(Strict):
+    caption: str | None = Field(None, max_length=MAX_TEXT, description="starts the prompt (e.g. from a captioner; "
+                                "without one, the server's captioner writes it when it has one)")
     mode: Literal["best", "fast", "classic"] = "best"
     objective: Literal["minilm", "clip"] = "minilm"
     start: Literal["prompt", "clause"] = "prompt"
@@ -81,11 +104,22 @@ class InterrogateRequest(Strict):
                                   "candidates (null: 0 for minilm, 50 for clip)")
 
 
+class InterrogateRequest(InterrogateOptions):
+    """One image (base64 here, or a multipart file in ``image``), optionally its caption (the subject)."""
+
+    image: str = Field(..., description="base64 of an image file")
+
+
+class InterrogateForm(InterrogateOptions):
+    image: list[UploadFile] = Field(description="one image file")
+
+
 class ComponentOut(BaseModel):
     text: str
     source: Literal["caption", "prompt", "neighbour", "fragment"]
     similarity: float | None
     score: float | None = Field(description="the objective once this part was appended (null: not scored)")
+    estimated: bool = Field(False, description="true when score is the composer's estimate, not an exact encoding")
 
 
 class InterrogateResponse(BaseModel):
@@ -100,11 +134,19 @@ class InterrogateResponse(BaseModel):
     note: str | None = None
 
 
+# -- operations -------------------------------------------------------------------------------------------
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     rows: int
+    token_required: bool = Field(description="whether the other endpoints need 'Authorization: Bearer TOKEN'")
 
 
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded"]
+    rows: int
+
+
+# -- clip-retrieval's clip back protocol ------------------------------------------------------------------
 class KnnRequest(BaseModel):
     """clip-retrieval's ``/knn-service`` body. Accepted and ignored: use_mclip, aesthetic_score,
     aesthetic_weight, deduplicate, use_safety_model, use_violence_detector (and any other field its client
@@ -115,7 +157,7 @@ class KnnRequest(BaseModel):
     text: str | None = Field(None, max_length=MAX_TEXT)
     image: str | None = None
     image_url: str | None = None
-    embedding_input: list[float] | None = Field(None, max_length=8192)
+    embedding_input: list[float] | None = Field(None, max_length=MAX_EMBEDDING)
     modality: Literal["image", "text"] = "image"
     num_images: int = Field(40, ge=1, le=MAX_K)
     num_result_ids: int | None = Field(None, ge=1, le=MAX_K)
@@ -138,8 +180,3 @@ class MetadataRequest(BaseModel):
 class MetadataItem(BaseModel):
     id: int
     metadata: dict[str, str]
-
-
-class ReloadResponse(BaseModel):
-    status: Literal["reloaded"]
-    rows: int

@@ -1,7 +1,7 @@
 // nearest-prompt's page: plain JS, no build step. Talks to /query, /predict and /interrogate of the same server.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { lastImage: null, lastText: null, rows: 100 };
+const state = { lastImage: null, lastText: null, rows: 100, search: null };
 const PREDICT_K = 100;  // neighbours blended for the confidence, as `nearest-prompt predict` does
 const COMPOSE_K = 10;  // neighbours blended into the composer's target, as `nearest-prompt interrogate` does
 
@@ -17,13 +17,34 @@ function setStatus(text, isError) {
   $("status").className = isError ? "error" : "";
 }
 
-async function post(path, body) {
-  const res = await fetch(path, { method: "POST", headers: headers(!(body instanceof FormData)),
+// Each search (an image, or a text) gets its own AbortController: starting a new one aborts the requests
+// of the one before, and a search shows its answers only while it is still the current one, so an answer
+// of an earlier search never replaces a later one.
+function newSearch() {
+  if (state.search) state.search.abort();
+  state.search = new AbortController();
+  return state.search;
+}
+
+function current(search) { return state.search === search && !search.signal.aborted; }
+
+async function post(path, body, search) {
+  const res = await fetch(path, { method: "POST", headers: headers(!(body instanceof FormData)), signal: search.signal,
                                   body: body instanceof FormData ? body : JSON.stringify(body) });
   let data = null;
   try { data = await res.json(); } catch (e) { /* not JSON */ }
+  if (res.status === 401) {
+    $("token-box").open = true;
+    throw new Error("this server needs a token: enter it in the token box, then search again");
+  }
   if (!res.ok) throw new Error((data && data.error) || ("the server answered " + res.status));
   return data;
+}
+
+function failed(e, search) {
+  if (e.name === "AbortError" || !current(search)) return;  // replaced by a newer search: nothing to say
+  $("results").replaceChildren();
+  setStatus(e.message, true);
 }
 
 function k() { return parseInt($("k").value, 10); }
@@ -80,6 +101,7 @@ async function searchImage(file) {
     setStatus(`${file.name || "that file"} is not an image (${file.type}); pick a PNG, JPEG or WebP file`, true);
     return;
   }
+  const search = newSearch();
   state.lastImage = file; state.lastText = null;
   const url = URL.createObjectURL(file);
   $("preview").src = url; $("preview").hidden = false;
@@ -89,7 +111,8 @@ async function searchImage(file) {
   try {
     const q = new FormData(); q.append("image", file); q.append("k", String(k()));
     const p = new FormData(); p.append("image", file); p.append("k", String(Math.min(PREDICT_K, state.rows)));
-    const [res, pred] = await Promise.all([post("/query", q), post("/predict", p)]);
+    const [res, pred] = await Promise.all([post("/query", q, search), post("/predict", p, search)]);
+    if (!current(search)) return;
     show(res.neighbors, res.note);
     const r = pred.results[0];
     $("confidence").textContent = `Prediction confidence ${r.confidence.toFixed(3)} (how much the neighbours agree; ` +
@@ -97,12 +120,12 @@ async function searchImage(file) {
     $("confidence").hidden = false;
     setStatus(`${res.neighbors.length} nearest prompts; composing a prompt…`);
     const c = new FormData(); c.append("image", file); c.append("k", String(Math.min(COMPOSE_K, state.rows)));
-    const composed = await post("/interrogate", c);
+    const composed = await post("/interrogate", c, search);
+    if (!current(search)) return;
     showComposed(composed);
     setStatus(`${res.neighbors.length} nearest prompts, and a composed one`);
   } catch (e) {
-    $("results").replaceChildren();
-    setStatus(e.message, true);
+    failed(e, search);
   }
 }
 
@@ -115,16 +138,17 @@ function showComposed(c) {
 
 async function searchText(text) {
   if (!text.trim()) { setStatus("type a text to search for", true); return; }
+  const search = newSearch();
   state.lastText = text; state.lastImage = null;
   $("preview").hidden = true; $("confidence").hidden = true; $("composed").hidden = true;
   setStatus("searching…");
   try {
-    const res = await post("/query", { text: text, k: k() });
+    const res = await post("/query", { text: text, k: k() }, search);
+    if (!current(search)) return;
     show(res.neighbors, res.note);
     setStatus(`${res.neighbors.length} nearest prompts`);
   } catch (e) {
-    $("results").replaceChildren();
-    setStatus(e.message, true);
+    failed(e, search);
   }
 }
 
@@ -147,4 +171,8 @@ $("token").value = localStorage.getItem("np-token") || "";
 fetch("/health").then((r) => r.json()).then((h) => {
   state.rows = h.rows;
   $("k").max = String(Math.min(50, h.rows));
+  if (h.token_required && !$("token").value) {  // ask for it up front, not after a refusal
+    $("token-box").open = true;
+    setStatus("this server needs a token: enter it in the token box");
+  }
 }).catch(() => setStatus("the server does not answer", true));
