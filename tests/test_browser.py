@@ -91,3 +91,64 @@ def test_page_uploads_an_image_shows_prompts_and_copies_one(browser, cli_store_p
         context.close()
     finally:
         server.stop()
+
+
+def test_an_earlier_images_answer_never_replaces_a_later_one(browser, cli_store_path, tmp_path):
+    """Pick image A, then image B while A's composed prompt is still being made: A's request is given up,
+    and B's preview, rows and composed prompt are what the page shows, also after A's answer would have come."""
+    need_data()
+    a, b = sorted((KAGGLE / "images").glob("*.png"))[:2]
+    server = Server(cli_store_path, log=tmp_path / "server.log")
+    try:
+        page = browser.new_context().new_page()
+        held, failed = [], []
+        page.on("requestfailed", lambda request: failed.append(request.url))
+
+        def hold_first_interrogate(route) -> None:
+            if not held:
+                held.append(route)  # A's: answered only after B's is on the page
+            else:
+                route.continue_()
+
+        page.route("**/interrogate", hold_first_interrogate)
+        page.goto(server.url + "/")
+        with page.expect_request("**/interrogate"):
+            page.set_input_files("#file", str(a))
+        page.set_input_files("#file", str(b))
+        page.wait_for_selector("#composed:not([hidden])", timeout=60_000)
+        with server.client() as c:
+            rows = open_store(cli_store_path).rows
+            expect = c.post("/interrogate", files={"image": b.read_bytes()}, data={"k": str(min(10, rows))}).json()
+            expect_rows = c.post("/query", files={"image": b.read_bytes()}, data={"k": "10"}).json()["neighbors"]
+        try:
+            held[0].continue_()  # too late: the page gave the request up when B was picked
+        except Exception:  # noqa: BLE001 - Playwright refuses to continue a request the page aborted
+            pass
+        page.wait_for_function("document.querySelector('#status').textContent.includes('and a composed one')")
+        assert any(url.endswith("/interrogate") for url in failed)  # A's was aborted by the page
+        assert page.text_content("#composed-prompt") == expect["prompt"]
+        assert [r.text_content() for r in page.query_selector_all("#results .prompt")] == \
+            [n["prompt"] for n in expect_rows]
+    finally:
+        server.stop()
+
+
+def test_a_server_with_a_token_asks_for_it_on_the_page(browser, cli_store_path, tmp_path):
+    need_data()
+    token = "browser-test-token"
+    server = Server(cli_store_path, log=tmp_path / "server.log", env={"NEAREST_PROMPT_TOKEN": token})
+    try:
+        page = browser.new_context().new_page()
+        page.goto(server.url + "/")
+        page.wait_for_function("document.querySelector('#token-box').open")  # open from the start
+        assert "needs a token" in page.text_content("#status")
+        page.fill("#text", "a castle")
+        page.click("#text-form button")
+        page.wait_for_selector("#status.error", timeout=60_000)
+        assert "enter it in the token box" in page.text_content("#status")
+        page.fill("#token", token)
+        page.click("#text-form button")
+        page.wait_for_selector("#results li", timeout=60_000)
+        assert len(page.query_selector_all("#results li")) == 10
+    finally:
+        server.stop()
