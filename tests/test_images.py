@@ -105,13 +105,25 @@ def test_decompression_bomb_is_refused(tmp_path):
         collect_images([tmp_path], max_pixels=100)
 
 
-def test_max_pixels_governs_pillows_own_cap(tmp_path, monkeypatch):
-    """Pillow refuses (at open) images over twice its global cap; ours alone must decide."""
+def test_pillows_own_check_runs_at_the_limit_set_for_the_process(tmp_path):
+    """Ours checks every image against its own max_pixels without touching anything shared (images decode in
+    parallel threads); Pillow's own check, which also sees animation frames, runs at the process's limit."""
+    from nearest_prompt.encoders.images import pixel_limit
+
     small = _save(Image.new("RGB", (20, 20), (10, 20, 30)), tmp_path / "small.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 400 pixels: Pillow alone would refuse
-    assert collect_images([small], max_pixels=1000).paths == [small]
+    before = Image.MAX_IMAGE_PIXELS
     assert load_image(small, max_pixels=1000).getpixel((3, 3)) == (10, 20, 30)
-    assert Image.MAX_IMAGE_PIXELS == 50  # restored
+    with pytest.raises(InputError, match="400 pixels is over the limit of 399") as e:
+        load_image(small, max_pixels=399)
+    assert e.value.param == "max_pixels" and Image.MAX_IMAGE_PIXELS == before  # ours changed nothing shared
+    with pixel_limit(150):  # Pillow refuses over twice its limit (300 pixels): the 400-pixel image
+        assert Image.MAX_IMAGE_PIXELS == 150
+        with pytest.raises(InputError, match="over the limit of 1,000 pixels") as e:
+            load_image(small, max_pixels=1000)
+        assert e.value.param == "max_pixels" and "150" not in str(e.value)  # one limit quoted: ours
+        with pytest.raises(InputError, match="skipped 1 file.s. over the pixel limit"):  # the header check too
+            collect_images([tmp_path], max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == before  # restored
 
 
 def test_folder_skips_bad_files_and_explicit_bad_file_fails(tmp_path, mode_images):

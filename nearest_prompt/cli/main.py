@@ -329,11 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     _setup_logging(args)
     try:
-        if getattr(args, "max_pixels", None):
-            from nearest_prompt.encoders.images import set_pixel_limit
+        from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS, pixel_limit
 
-            set_pixel_limit(args.max_pixels)  # Pillow's own check, at the same limit as ours
-        return commands()[args.command](args)
+        with pixel_limit(getattr(args, "max_pixels", None) or DEFAULT_MAX_PIXELS):  # Pillow's own check, as ours
+            return commands()[args.command](args)
     except NearestPromptError as e:
         print(f"nearest-prompt: error: {error_line(e)}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,17 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x
 # our own check decides first (on the header, below the limit); Pillow's warning between its limit and twice it
 # would only repeat it
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@contextmanager
+def pixel_limit(max_pixels: int) -> Iterator[None]:
+    """``set_pixel_limit`` for the duration of a command, the previous limit restored afterwards."""
+    old = Image.MAX_IMAGE_PIXELS
+    set_pixel_limit(max_pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def set_pixel_limit(max_pixels: int) -> None:
