@@ -167,6 +167,27 @@ def is_store(path: str | Path) -> bool:
             and set(FILES) <= set(data["files"]))  # a version-1 store is rebuilt in place too
 
 
+def changed_in_place(store: Store) -> str | None:
+    """What differs between the store's files on disk and its manifest (a file truncated, grown or removed
+    while the store is open), or None. Sizes only: cheap enough to ask every few seconds."""
+    for name, expect in store.manifest.files.items():
+        try:
+            size = (store.path / name).stat().st_size
+        except OSError:
+            return f"{name} is gone"
+        if size != expect.bytes:
+            return f"{name} is {size:,} bytes, its manifest says {expect.bytes:,}"
+    return None
+
+
+def foreign_entries(path: str | Path) -> list[str]:
+    """What a store folder holds that the store did not write (a user's notes, a folder of runs), sorted;
+    folders end with "/". Only for a folder that ``is_store``."""
+    data = json.loads((Path(path) / MANIFEST).read_text())
+    ours = {MANIFEST, *data.get("files", {})}
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir() if p.name not in ours)
+
+
 def verify_files(path: Path, manifest: Manifest, *, verify: str = "auto") -> None:
     """Check sizes always; then sha256 of every file ("full"), or of files up to 256 MiB plus one random
     block of each larger file ("auto"), or nothing more ("size")."""

@@ -30,7 +30,7 @@ from .format import (
     files_of,
 )
 from .manifest import FileInfo, Manifest
-from .reader import is_store
+from .reader import foreign_entries, is_store
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ def check_target(out: str | Path) -> Path:
         raise InputError(
             f"{out} is a non-empty directory that is not an index store (nothing in it was touched); choose a "
             "new or empty directory, or remove it yourself if it is a damaged store", param="out")
+    if out.is_dir() and is_store(out):
+        foreign = foreign_entries(out)
+        if foreign:  # replacing the store would delete them
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise InputError(f"{out} holds files the index store did not write ({shown}); a new store replaces the "
+                             "whole folder, so move them out of it first (nothing was touched)", param="out")
     return out
 
 

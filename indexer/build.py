@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from nearest_prompt import index_store
-from nearest_prompt.common.atomic import atomic_path, write_bytes_atomic
+from nearest_prompt.common.atomic import atomic_path, check_folder_writable, write_bytes_atomic
+from nearest_prompt.common.device import resolve_device
 from nearest_prompt.common.errors import InputError, NearestPromptError
 from nearest_prompt.common.progress import progress_bar
 from nearest_prompt.common.version import library_versions
-from nearest_prompt.encoders.clip import ClipEncoder, load_clip, parse_clip_spec, portable_spec
+from nearest_prompt.encoders.clip import ClipEncoder, load_clip, locate_weights, parse_clip_spec, portable_spec
 from nearest_prompt.encoders.minilm import MiniLMEncoder, load_minilm
 from nearest_prompt.index_store import SPACES, FragmentsInfo, IndexInfo, Manifest
 
@@ -43,7 +44,7 @@ from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .fragments import mine_fragments
 from .prompt_file import PromptFile, write_prompt_file
-from .readers import Source, check_sources
+from .readers import Source, check_sources, holds_prompts
 from .shards import ShardedMatrix, float_blocks
 from .workdir import WorkDir
 
@@ -71,41 +72,55 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     for bad input before any expensive work where it can.
     """
     config = (config or BuildConfig()).validate()
+    device = resolve_device(device)
     out = index_store.check_target(out)
-    sources = check_sources(list(prompt_files), column=config.column)
+    sources = check_sources(list(prompt_files), column=config.column, delimiter=config.delimiter)
+    check_folder_writable(out.parent, param="out")
+    if not any(holds_prompts(s) for s in sources):
+        raise InputError(f"no usable prompts in {', '.join(str(s.path) for s in sources)} (every value is empty or "
+                         "not text)", param="prompts")
     clip_spec = parse_clip_spec(config.clip_model, config.clip_pretrained) if clip is None else None
     minilm_spec = config.minilm_model if minilm is None else None
-    if minilm is None:
-        minilm = load_minilm(config.minilm_model, device=device)
-    if clip is None:
-        clip = load_clip(clip_spec, device=device)
-    encodings = {"minilm": TextEncoding("minilm", minilm_spec, device, minilm),
-                 "clip": TextEncoding("clip", clip_spec, device, clip)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(config.engine, address=config.ray_address, workers=config.workers,
-                         gpus_per_worker=config.gpus_per_worker)
-    with closing(engine), WorkDir(out) as work:
-        for orphan in index_store.orphans(out):
-            log.info("removing %s, left by a build that was killed", orphan)
-            shutil.rmtree(orphan, ignore_errors=True)
-        if clean:
-            work.clear()
-        work.prepare(_work_key(config, sources))
-        totals: dict[str, int] = {}
-        try:
+    work = WorkDir(out).lock()  # before the models load: a second build into out is refused at once
+    totals: dict[str, int] = {}
+    started = False
+    try:
+        if clip is None:
+            locate_weights(clip_spec)  # a CLIP that cannot be had fails in seconds, before MiniLM loads
+        if minilm is None:
+            minilm = load_minilm(config.minilm_model, device=device)
+        if clip is None:
+            clip = load_clip(clip_spec, device=device)
+        encodings = {"minilm": TextEncoding("minilm", minilm_spec, device, minilm),
+                     "clip": TextEncoding("clip", clip_spec, device, clip)}
+        engine = open_engine(config.engine, address=config.ray_address, workers=config.workers,
+                             gpus_per_worker=config.gpus_per_worker)
+        with closing(engine):
+            for orphan in index_store.orphans(out):
+                log.info("removing %s, left by a build that was killed", orphan)
+                shutil.rmtree(orphan, ignore_errors=True)
+            if clean:
+                work.clear()
+            work.prepare(_work_key(config, sources))
+            started = True
             return _build(work, sources, out, config=config, clip=clip, minilm=minilm, progress=progress,
                           totals=totals, engine=engine, encodings=encodings)
-        except BaseException as e:
-            kept = work.after_failure(shard_totals=totals)
-            full = _disk_full(e)
-            if full is not None:
-                raise InputError(f"the disk filled up writing {full}; free some space (the next run first checks "
-                                 f"that the disk has what it needs) and run the same build again; {kept}",
-                                 param="out") from e
-            if isinstance(e, NearestPromptError):
-                raise type(e)(f"{e}; {kept}", param=e.param) from e
-            log.warning("build %s; %s", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", kept)
+    except BaseException as e:
+        kept = work.after_failure(shard_totals=totals)
+        if not started:  # the models or the engine: nothing of this build was done
             raise
+        full = _disk_full(e)
+        if full is not None:
+            raise InputError(f"the disk filled up writing {full}; free some space (the next run first checks "
+                             f"that the disk has what it needs) and run the same build again; {kept}",
+                             param="out") from e
+        if isinstance(e, NearestPromptError):
+            raise type(e)(f"{e}; {kept}", param=e.param) from e
+        log.warning("build %s; %s", "interrupted" if isinstance(e, KeyboardInterrupt) else "failed", kept)
+        raise
+    finally:
+        work.unlock()
 
 
 def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConfig, clip: ClipEncoder,

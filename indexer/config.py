@@ -22,6 +22,7 @@ class BuildConfig:
     clip_pretrained: str | None = None  # None: the default tag for the default model
     minilm_model: str = DEFAULT_MINILM
     column: str | None = None  # None: "prompt" for parquet, CSV and JSONL
+    delimiter: str | None = None  # CSV only; None: the first of , ; tab | whose header holds the column
     limit: int | None = None  # keep the first N unique prompts read
     near_dup_threshold: float | None = DEFAULT_NEAR_DUP_THRESHOLD  # None disables near-dedup
     batch_size: int = 64

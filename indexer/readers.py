@@ -24,15 +24,19 @@ _KINDS = {
 }
 
 
+DELIMITERS = (",", ";", "\t", "|")  # what a CSV header is tried with, in this order, when none is given
+
+
 @dataclass(frozen=True)
 class Source:
     path: Path
     kind: str
     column: str | None  # None for plain text
+    delimiter: str | None = None  # CSV/TSV only
 
     def describe(self) -> dict[str, Any]:
         st = self.path.stat()
-        return {"path": str(self.path), "kind": self.kind, "column": self.column,
+        return {"path": str(self.path), "kind": self.kind, "column": self.column, "delimiter": self.delimiter,
                 "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
@@ -53,13 +57,18 @@ def _open_text(path: Path, kind: str) -> io.TextIOBase:
     end at "\n" only, so a stray carriage return stays inside its prompt (cleaning turns it into a space)
     instead of splitting it, and "\r\n" files read as well."""
     newline = "" if kind in ("csv", "tsv") else "\n"
+    # utf-8-sig: a byte-order mark at the start (what Excel and Notepad write) is read as nothing
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
-    return open(path, encoding="utf-8", newline=newline)
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return open(path, encoding="utf-8-sig", newline=newline)
 
 
-def check_sources(paths: list[str | os.PathLike], *, column: str | None = None) -> list[Source]:
-    """Validate every corpus file before any work: exists, readable, known type, column present."""
+def check_sources(paths: list[str | os.PathLike], *, column: str | None = None,
+                  delimiter: str | None = None) -> list[Source]:
+    """Validate every corpus file before any work: exists, readable, known type, column present (a CSV's
+    delimiter is ``delimiter``, else the first of ``DELIMITERS`` whose header holds the column)."""
+    if delimiter is not None and len(delimiter) != 1:
+        raise InputError(f"delimiter must be one character, got {delimiter!r}", param="delimiter")
     if not paths:
         raise InputError("no prompt files given", param="prompts")
     sources = []
@@ -73,11 +82,12 @@ def check_sources(paths: list[str | os.PathLike], *, column: str | None = None) 
             raise InputError(f"{p}: not readable (permission denied)")
         kind = _kind(path)
         col = None if kind == "text" else (column or DEFAULT_COLUMN)
+        sep = None
         if kind == "parquet":
             _check_parquet_column(path, col)
         elif kind in ("csv", "tsv"):
-            _check_csv_column(path, col, kind)
-        sources.append(Source(path, kind, col))
+            sep = _csv_delimiter(path, col, kind, delimiter)
+        sources.append(Source(path, kind, col, sep))
     return sources
 
 
@@ -93,22 +103,43 @@ def _check_parquet_column(path: Path, col: str) -> None:
                          param="column")
 
 
-def _csv_reader(f: io.TextIOBase, kind: str) -> Any:
+def _csv_reader(f: io.TextIOBase, delimiter: str) -> Any:
     """Strict about quotes: a quote that never closes is an error, not a field that swallows the file."""
-    return csv.reader(f, delimiter="\t" if kind == "tsv" else ",", strict=True)
+    return csv.reader(f, delimiter=delimiter, strict=True)
 
 
-def _check_csv_column(path: Path, col: str, kind: str) -> None:
-    try:
-        with _open_text(path, kind) as f:
-            header = next(_csv_reader(f, kind), None)
-    except (UnicodeDecodeError, OSError, csv.Error) as e:
-        raise InputError(f"{path}: not readable as UTF-8 {kind.upper()} ({str(e)[:120]})") from e
-    if header is None:
-        raise InputError(f"{path}: empty file, no header row")
-    if col not in header:
-        raise InputError(f"{path}: no column {col!r} in the header ({', '.join(header[:20])}); name the prompt "
-                         "column", param="column")
+_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _csv_delimiter(path: Path, col: str, kind: str, delimiter: str | None) -> str:
+    """The delimiter whose header row holds ``col``: the one given, else the first of DELIMITERS that does (a
+    .tsv file tries tabs first)."""
+    tries = [delimiter] if delimiter else (["\t", *DELIMITERS] if kind == "tsv" else list(DELIMITERS))
+    headers = {}
+    for sep in dict.fromkeys(tries):
+        try:
+            with _open_text(path, kind) as f:
+                header = next(_csv_reader(f, sep), None)
+        except (UnicodeDecodeError, OSError, csv.Error) as e:
+            raise InputError(f"{path}: not readable as UTF-8 {kind.upper()} ({str(e)[:120]})") from e
+        if header is None:
+            raise InputError(f"{path}: empty file, no header row")
+        if col in header:
+            return sep
+        headers[sep] = header
+    seen = headers[tries[0]]
+    how = f"{_NAMES.get(tries[0], repr(tries[0]))}-separated" if delimiter else \
+        f"separated by any of {', '.join(_NAMES[s] for s in dict.fromkeys(tries))}"
+    raise InputError(f"{path}: no column {col!r} in the header ({', '.join(seen[:20])}), read {how}; name the "
+                     "prompt column, or give the delimiter (delimiter)", param="column")
+
+
+def holds_prompts(source: Source) -> bool:
+    """Whether ``source`` holds at least one usable prompt: read up to the first one (an empty file is read to
+    its end, which is quick), so that an empty corpus is refused before any model is loaded."""
+    from nearest_prompt.common.text import clean_prompt
+
+    return any(clean_prompt(v) is not None for batch in iter_values(source) for v in batch)
 
 
 def iter_values(source: Source) -> Iterator[list[Any]]:
@@ -141,7 +172,7 @@ def _iter_parquet(source: Source) -> Iterator[list[Any]]:
 
 def _iter_csv(source: Source) -> Iterator[list[Any]]:
     with _open_text(source.path, source.kind) as f:
-        reader = _csv_reader(f, source.kind)
+        reader = _csv_reader(f, source.delimiter or ",")
         header = next(reader)
         idx = header.index(source.column)
         batch: list[Any] = []

@@ -283,6 +283,9 @@ class Retriever:
             raise InputError(f"images are searched in CLIP space only, not {space!r}; query texts in that "
                              "space on their own", param="space")
         check_k(k, self.rows)
+        empty = [i for i, text in enumerate(texts) if not str(text).strip()]
+        if empty:
+            raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty; give a text to search for", param="text")
         results: list[QueryResult] = []
         skipped: list[Skipped] = []
         batches: list[tuple[str, list[str], np.ndarray]] = []

@@ -34,6 +34,15 @@ def check_k(k: int, rows: int) -> None:
         raise InputError(f"k={k} is larger than the index ({rows} prompts); use k <= {rows}", param="k")
 
 
+def resolve_k(k: int | None, *, default: int, rows: int) -> tuple[int, bool]:
+    """The k to search with, and whether a default was cut to the store's size: a k the caller gave is
+    checked (``check_k``: too large is an error); None takes ``default``, at most ``rows``."""
+    if k is not None:
+        check_k(k, rows)
+        return k, False
+    return (rows, True) if default > rows else (default, False)
+
+
 def search(index: Any, queries: np.ndarray, *, k: int) -> Neighbors:
     """Top-``k`` inner-product neighbours of unit ``queries`` [n, d]."""
     check_k(k, int(index.ntotal))

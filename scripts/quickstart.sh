@@ -33,13 +33,22 @@ tiny() {
 
 case "${NP_CLIP:-}" in
     "")
-        echo "== CLIP: trying ViT-B-32 / laion2b_s34b_b79k (real weights, about 600 MB, downloaded once by open_clip)"
-        if timeout "${NP_DOWNLOAD_TIMEOUT:-900}" "$PY" -c 'from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
+        echo "== CLIP: looking for ViT-B-32 / laion2b_s34b_b79k (real weights, about 600 MB, downloaded once by open_clip)"
+        if why=$("$PY" -c 'import open_clip
+from nearest_prompt.encoders import hub
+cfg = open_clip.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")
+print("" if hub.cached(cfg) else hub.unreachable(cfg) or "", end="")') && [ -z "$why" ]; then
+            echo "   downloading it if it is not cached yet: a few minutes on a slow line (NP_CLIP=tiny skips this)"
+            if timeout "${NP_DOWNLOAD_TIMEOUT:-900}" "$PY" -c 'from nearest_prompt.encoders.clip import load_clip, parse_clip_spec
 load_clip(parse_clip_spec("ViT-B-32", "laion2b_s34b_b79k"), device="cpu")' >/dev/null 2>&1; then
-            CLIP=(--clip ViT-B-32 --pretrained laion2b_s34b_b79k)
-            echo "== CLIP: ViT-B-32 / laion2b_s34b_b79k"
+                CLIP=(--clip ViT-B-32 --pretrained laion2b_s34b_b79k)
+                echo "== CLIP: ViT-B-32 / laion2b_s34b_b79k"
+            else
+                echo "== CLIP: ViT-B-32 could not be downloaded"
+                tiny
+            fi
         else
-            echo "== CLIP: ViT-B-32 could not be downloaded here"
+            echo "== CLIP: no download possible here (${why:-no answer}): using a tiny model instead"
             tiny
         fi ;;
     tiny) tiny ;;

@@ -41,7 +41,7 @@ def test_build_query_predict_info(cli_store, capsys, tmp_path, clip_encoder):
     ids, vecs = read_submission(sub)
     assert sorted(ids) == sorted(p.stem for p in (KAGGLE / "images").glob("*.png"))
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-6)
-    conf = (tmp_path / "out" / "sub.confidence.csv").read_text().splitlines()
+    conf = (tmp_path / "out" / "sub.csv.confidence.csv").read_text().splitlines()
     assert conf[0] == "imgId,confidence,top_score" and len(conf) == 8
 
     npy = tmp_path / "pred.npy"
@@ -62,7 +62,7 @@ def test_build_query_predict_info(cli_store, capsys, tmp_path, clip_encoder):
     v = (w[:, None] * store.minilm[best].astype(np.float64)).sum(0)
     np.testing.assert_allclose(np.load(npy)[0], v / np.linalg.norm(v), atol=2e-6)
     conf = np.linalg.norm(v) / w.sum()
-    row = (tmp_path / "pred.confidence.csv").read_text().splitlines()[1].split(",")
+    row = (tmp_path / "pred.npy.confidence.csv").read_text().splitlines()[1].split(",")
     assert row[0] == "20057f34d" and abs(float(row[1]) - conf) < 2e-6 and abs(float(row[2]) - scores[best[0]]) < 2e-6
 
     code, out, _ = run(capsys, "info", "--index", cli_store, "--verify")

@@ -8,6 +8,7 @@ import csv
 import itertools
 import json
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from nearest_prompt.indexer import fragments as fragments_module
 from nearest_prompt.indexer.fragments import mine_fragments
 from nearest_prompt.retriever import Neighbors, Retriever
 
-from .conftest import KAGGLE, assert_one_line_error, corpus_slice, run
+from .conftest import KAGGLE, assert_one_line_error, corpus_slice, need_data, run
 
 IMAGES = sorted(KAGGLE.glob("images/*.png"))
 
@@ -334,3 +335,32 @@ def test_eval_has_the_composed_row_in_every_route(cli_store_path, capsys, tmp_pa
     for name in ("--text-oracle", "--text-degraded"):
         s = rows[name]["summary"]["composed_prompt"]
         assert s["n"] == 12 and -1 <= s["mean"] <= 1
+
+
+def test_the_families_of_a_real_100k_vocabulary():
+    """The classic mode's rules on the vocabulary of the first 100,000 prompts of the shared corpus: who made
+    it is an artist however it is said, and a long description is never a medium, a movement or a site."""
+    import re
+
+    need_data()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from fragment_families import vocabulary
+
+    from nearest_prompt.composer.families import FAMILIES, MAX_WORDS, family
+
+    fragments = vocabulary(100_000)
+    kinds = {f: family(f) for f in fragments}
+    counts = {name: sum(1 for k in kinds.values() if k == name) for name in FAMILIES}
+    assert len(fragments) > 10_000 and all(counts[name] >= 100 for name in FAMILIES), counts
+    made_by = re.compile(r"^(?:\S+ ){0,3}(painted|drawn|photographed|illustrated|art|artwork|painting|photo) by \S")
+    said_otherwise = [f for f in fragments if made_by.match(f) and kinds[f] != "artist"
+                      and not re.search(r" by (a|an|the|piece)\b", f)]
+    assert said_otherwise == [], said_otherwise[:10]
+    for name, limit in MAX_WORDS.items():
+        too_long = [f for f, k in kinds.items() if k == name and len(f.split()) > limit]
+        assert too_long == [], (name, too_long[:5])
+    for text, expect in [("painted by greg rutkowski", "artist"), ("drawn by moebius", "artist"),
+                         ("surrounded by fireflies", "flavor"), ("oil painting", "medium"),
+                         ("a beautiful oil painting of a castle on a hill at dusk", "flavor"),
+                         ("trending on artstation", "site"), ("art nouveau", "movement")]:
+        assert family(text) == expect, text

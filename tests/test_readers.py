@@ -62,3 +62,20 @@ def test_missing_and_directory(tmp_path):
         check_sources([tmp_path])
     with pytest.raises(InputError, match="no prompt files"):
         check_sources([])
+
+
+def test_csv_with_a_byte_order_mark_or_another_delimiter_is_read(tmp_path):
+    from nearest_prompt.indexer.readers import check_sources, iter_values
+
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("\ufeffprompt,x\na red fox,1\n".encode())
+    semi = tmp_path / "semi.csv"
+    semi.write_text("prompt;source\na red fox, 4k;lexica\nan owl, oil;krea\n")
+    piped = tmp_path / "piped.csv"
+    piped.write_text("id|prompt\n1|a cat, in the rain\n")
+    for path, sep, values in [(bom, ",", ["a red fox"]), (semi, ";", ["a red fox, 4k", "an owl, oil"]),
+                              (piped, "|", ["a cat, in the rain"])]:
+        [source] = check_sources([path])
+        assert source.delimiter == sep and [v for batch in iter_values(source) for v in batch] == values
+    [given] = check_sources([semi], delimiter=";")
+    assert given.delimiter == ";"

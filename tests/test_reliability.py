@@ -141,13 +141,25 @@ def test_failed_build_keeps_only_resumable_shards_and_says_so(tmp_path, build_co
     assert not list(work.rglob(".*tmp*")) and not (work / "exact_dedup").exists()
 
 
-def test_failure_before_any_resumable_work_leaves_nothing(capsys, tmp_path, clip_spec):
+def test_failure_before_any_resumable_work_leaves_nothing(capsys, tmp_path, clip_spec, monkeypatch, minilm):
     blank = tmp_path / "blank.txt"
     blank.write_text("\n \n")
+    monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "load_minilm",
+                        lambda *a, **kw: pytest.fail("a model was loaded for an empty corpus"))
     code, _, err = run(capsys, "build", "--prompts", blank, "--out", tmp_path / "s", "--clip", clip_spec, "-q")
-    assert_one_line_error(code, err, "no usable prompts")
-    assert "nothing was kept" in err
+    assert_one_line_error(code, err, "--prompts: no usable prompts in")  # before any model is loaded
     assert tree(tmp_path) == ["blank.txt"]
+    monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "load_minilm", lambda *a, **kw: minilm)
+
+    def broken(self):
+        raise InputError("the corpus broke while it was read")
+        yield
+
+    monkeypatch.setattr(indexer.exact_dedup.ExactDedup, "blocks", broken)
+    code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", tmp_path / "s", "--clip",
+                       clip_spec, "-q")
+    assert_one_line_error(code, err, "the corpus broke while it was read; nothing was kept")
+    assert tree(tmp_path) == ["blank.txt", "c.txt"]
 
 
 def test_models_are_loaded_before_the_corpus_is_read(capsys, tmp_path, clip_spec, monkeypatch):
@@ -382,6 +394,17 @@ def bad_inputs(tmp_path, cli_store_path):
     (t / "head2.csv").write_text("imgId_eId,val\n")
     (t / "bomb.png").write_bytes(b"")
     Image.new("RGB", (40, 40)).save(t / "big.png")
+    rows = [f"x_{e},0.5" for e in range(384)]
+    (t / "twice.csv").write_text("\n".join(["imgId_eId,val", *rows, *[f"y_{e},0.5" for e in range(384)], *rows]) + "\n")
+    (t / "once.csv").write_text("\n".join(["imgId_eId,val", *rows, *[f"y_{e},0.5" for e in range(384)]]) + "\n")
+    np.save(t / "dup.npy", np.ones((3, 384), dtype=np.float32))
+    (t / "dup.ids.txt").write_text("a\nb\na\n")
+    (t / "conf_dup.csv").write_text("imgId,confidence,top_score\na,0.5,0\nb,0.5,0\na,0.7,0\n")
+    (t / "conf_negative.csv").write_text("imgId,confidence,top_score\na,-0.2,0\nb,0.5,0\n")
+    (t / "conf_above.csv").write_text("imgId,confidence,top_score\na,1.5,0\nb,0.5,0\n")
+    (t / "caps_dup.csv").write_text("imgId,caption\n20057f34d,a crater\n20057f34d,a moon\n")
+    (t / "empty.txt").write_text("\n   \n\n")
+    (t / "semicolon.csv").write_text("text;source\na red fox, 4k;lexica\n")
     return t
 
 
@@ -424,6 +447,32 @@ BAD = {  # name: (argv after the store is filled in, the text the one line must 
     "interrogate_missing": (["interrogate", "--index", "{tmp}/nothing", "{kaggle}"], "no index store at"),
     "build_max_fragments": (["build", "--prompts", "{in}/quote.csv", "--out", "{tmp}/s", "--max-fragments", "-1"],
                             "--max-fragments: "),
+    "build_empty_text": (["build", "--prompts", "{in}/empty.txt", "--out", "{tmp}/s", "--clip", "{clip}"],
+                         "--prompts: no usable prompts in"),
+    "build_no_column_any_delimiter": (["build", "--prompts", "{in}/semicolon.csv", "--out", "{tmp}/s"],
+                                      "no column 'prompt' in the header (text;source), read separated by any of"),
+    "build_wrong_delimiter": (["build", "--prompts", "{in}/semicolon.csv", "--out", "{tmp}/s", "--column", "text",
+                               "--delimiter", ","], "read comma-separated"),
+    "build_offline_hub": (["build", "--prompts", "{in}/semicolon.csv", "--column", "text", "--out", "{tmp}/s",
+                           "--clip", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"],
+                          "--clip: could not download CLIP weights ViT-B-32 / laion2b_s34b_b79k: HF_HUB_OFFLINE is set"),
+    "blend_rows_twice": (["blend", "{in}/twice.csv", "{in}/once.csv", "--out", "{tmp}/b.csv"],
+                         "twice.csv:770: x_0 again (first on line 2): image 'x' is given twice"),
+    "blend_ids_twice": (["blend", "{in}/dup.npy", "{in}/ok.npy", "--out", "{tmp}/b.csv"],
+                        "dup.ids.txt:3: image id 'a' again (first on line 1)"),
+    "blend_confidence_twice": (["blend", "{in}/ok.npy", "{in}/ok.npy", "--confidence", "{in}/conf_dup.csv", "none",
+                                "--out", "{tmp}/b.csv"], "conf_dup.csv:4: a confidence for image 'a' again (first on line 2)"),
+    "blend_confidence_negative": (["blend", "{in}/ok.npy", "{in}/ok.npy", "--confidence", "{in}/conf_negative.csv",
+                                   "none", "--out", "{tmp}/b.csv"], "is -0.2; a confidence is a number in [0, 1]"),
+    "blend_confidence_above_one": (["blend", "{in}/ok.npy", "{in}/ok.npy", "--confidence", "{in}/conf_above.csv",
+                                    "none", "--out", "{tmp}/b.csv"], "is 1.5; a confidence is a number in [0, 1]"),
+    "blend_out_is_an_input": (["blend", "{in}/ok.npy", "{in}/once.csv", "--out", "{in}/once.csv"],
+                              "--out: {in}/once.csv is one of the inputs"),
+    "blend_out_is_an_input_npy": (["blend", "{in}/ok.npy", "{in}/ok.npy", "--out", "{in}/ok.npy"], "one of the inputs"),
+    "predict_captions_twice": (["predict", "--index", "{store}", "{kaggle}", "--out", "{tmp}/p.csv", "--captions",
+                                "{in}/caps_dup.csv"], "caps_dup.csv:3: a caption for image '20057f34d' again"),
+    "query_empty_text": (["query", "--index", "{store}", "--text", ""], "--text: text 1 of 1 is empty"),
+    "query_blank_text": (["query", "--index", "{store}", "--text", "a fox", "--text", "  "], "--text: text 2 of 2 is empty"),
 }
 
 
@@ -434,6 +483,7 @@ def test_bad_input_table(case, bad_inputs, cli_store_path, clip_spec, capsys, tm
              "{kaggle}": str(KAGGLE / "images")}
     argv = [a if a not in subst and not any(k in a for k in subst) else
             next(a.replace(k, v) for k, v in subst.items() if k in a) for a in argv]
+    match = next((match.replace(k, v) for k, v in subst.items() if k in match), match)
     (bad_inputs / MANIFEST).write_text('{"name": "not a store"}')
     before, store_before = tree(tmp_path), tree(cli_store_path)
     code, _, err = run(capsys, *argv, "-q") if argv[0] != "build" or "--limit" not in argv else run(capsys, *argv)
@@ -480,3 +530,107 @@ def test_faiss_write_errors_count_as_a_full_disk():
     assert _disk_full(RuntimeError("Error in faiss::BufferedIOWriter: write error (No space left on device)"))
     assert _disk_full(OSError(28, "No space left on device", "/x/clip.faiss")) == "/x/clip.faiss"
     assert _disk_full(RuntimeError("something else")) is None
+
+
+# -- the faults a newcomer meets first -----------------------------------------------------------------
+def test_a_rebuild_never_deletes_what_the_store_did_not_write(capsys, tmp_path, cli_store_path, clip_spec):
+    store = tmp_path / "store"
+    shutil.copytree(cli_store_path, store)
+    (store / "NOTES.txt").write_text("my notes")
+    (store / "myruns").mkdir()
+    (store / "myruns" / "run1.json").write_text("{}")
+    before = tree(store)
+    code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 10), "--out", store, "--clip", clip_spec,
+                       "-q")
+    assert_one_line_error(code, err, f"--out: {store} holds files the index store did not write (NOTES.txt, myruns/)")
+    assert tree(store) == before and (store / "NOTES.txt").read_text() == "my notes"
+    shutil.rmtree(store / "myruns")
+    (store / "NOTES.txt").unlink()
+    code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 10), "--out", store, "--clip", clip_spec,
+                       "-q")
+    assert code == 0, err  # a store holding only its own files is rebuilt in place
+
+
+def test_a_second_build_is_refused_before_any_model_loads(capsys, tmp_path, clip_spec, monkeypatch):
+    from nearest_prompt.indexer.workdir import WorkDir
+
+    out = tmp_path / "s"
+    monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "load_minilm",
+                        lambda *a, **kw: pytest.fail("a model was loaded although the build could not run"))
+    with WorkDir(out):  # another build holds out
+        code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", out, "--clip", clip_spec,
+                           "-q")
+    assert_one_line_error(code, err, f"--out: another build is writing {out} (pid {os.getpid()}")
+
+
+def test_a_read_only_place_for_the_store_is_one_line_before_any_model_loads(capsys, tmp_path, clip_spec, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        monkeypatch.setattr(sys.modules["nearest_prompt.indexer.build"], "load_minilm",
+                            lambda *a, **kw: pytest.fail("a model was loaded for a store that cannot be written"))
+        code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", ro / "new" / "s",
+                           "--clip", clip_spec, "-q")
+        assert_one_line_error(code, err, f"--out: cannot write {ro / 'new'}: Read-only file system in {ro}")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_a_disk_that_fills_while_embedding_names_the_shard(capsys, tmp_path, clip_spec, monkeypatch):
+    """numpy reports a short write as "N requested and M written", without an errno: still a full disk."""
+    real_save = np.save
+
+    def short_write(file, arr, *a, **kw):
+        if "minilm" in str(file) or "minilm" in str(getattr(file, "name", "")):
+            raise OSError(f"{arr.nbytes} requested and 4032 written")
+        return real_save(file, arr, *a, **kw)
+
+    monkeypatch.setattr(np, "save", short_write)
+    code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 30), "--out", tmp_path / "s", "--clip",
+                       clip_spec, "-q")
+    assert_one_line_error(code, err, "--out: the disk filled up writing")
+    assert "/minilm/00000.npy" in err and "resumable" not in err.split("writing", 1)[0], err
+
+
+def test_predict_outputs_say_where_they_go_and_never_overwrite_each_other(capsys, tmp_path, cli_store_path):
+    need_data()
+    img = KAGGLE / "images" / "20057f34d.png"
+    new_folder = tmp_path / "new" / "dir"
+    code, _, err = run(capsys, "predict", "--index", cli_store_path, img, "--out", new_folder / "sub.csv", "--k", 5)
+    assert code == 0 and f"created the folder {new_folder}" in err, err
+    code, _, err = run(capsys, "predict", "--index", cli_store_path, img, "--out", new_folder / "sub.npy", "--k", 5, "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in new_folder.iterdir()) == ["sub.csv", "sub.csv.confidence.csv", "sub.ids.txt",
+                                                            "sub.npy", "sub.npy.confidence.csv"]
+
+
+def test_a_default_k_is_cut_to_a_small_store_and_a_given_one_is_checked(capsys, tmp_path, clip_spec):
+    need_data()
+    out = tmp_path / "five"
+    assert run(capsys, "build", "--prompts", small_corpus(tmp_path, 5, offset=4000), "--out", out, "--clip", clip_spec,
+               "--no-near-dedup", "-q")[0] == 0
+    code, out_text, err = run(capsys, "query", "--index", out, "--text", "a castle", "--json")
+    assert code == 0, err
+    assert len(json.loads(out_text)["results"][0]["neighbors"]) == 5
+    assert "the index holds 5 prompts, fewer than the default --k 10: using --k 5" in err
+    code, _, err = run(capsys, "predict", "--index", out, KAGGLE / "images" / "20057f34d.png", "--out",
+                       tmp_path / "p.npy")
+    assert code == 0 and "fewer than the default --k 100: using --k 5" in err, err
+    code, _, err = run(capsys, "query", "--index", out, "--text", "a castle", "--k", "10")
+    assert_one_line_error(code, err, "--k: k=10 is larger than the index (5 prompts)")
+
+
+def test_a_hub_that_cannot_be_reached_fails_in_seconds(capsys, tmp_path, monkeypatch):
+    from nearest_prompt.encoders import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in hub.PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # a name that never resolves
+    code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", tmp_path / "s", "--clip",
+                       "ViT-B-32", "--pretrained", "laion2b_s34b_b79k", "-q")
+    assert_one_line_error(code, err, "--clip: could not download CLIP weights ViT-B-32 / laion2b_s34b_b79k: "
+                                     "hub.invalid cannot be reached")
+    assert tree(tmp_path) == ["c.txt"]

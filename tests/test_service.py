@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_predict_equals_the_cli(server, cli_store_path, capsys, tmp_path):
     code, _, err = run(capsys, "predict", "--index", cli_store_path, *IMAGES, "--out", npy, *args, "-q")
     assert code == 0, err
     cli = np.load(npy)
-    conf = [ln.split(",") for ln in (tmp_path / "cli.confidence.csv").read_text().splitlines()[1:]]
+    conf = [ln.split(",") for ln in (tmp_path / "cli.npy.confidence.csv").read_text().splitlines()[1:]]
     with server.client() as c:
         multipart = c.post("/predict", files=[("image", p.read_bytes()) for p in IMAGES],
                            data={"k": "20", "weighting": "softmax", "temperature": "0.05"}).json()
@@ -160,16 +161,18 @@ def test_interrogate_equals_the_cli(server, cli_store_path, capsys):
     assert res["components"][0] == {**res["components"][0], "source": "caption", "text": "a crater on the moon"}
 
 
+CLIP_CLIENT = Path(sys.prefix) / "clip-retrieval" / "clip_retrieval" / "clip_client.py"  # scripts/test.sh puts it
+
+
 def _clip_client():
-    """clip-retrieval's own client module, loaded from the installed package's file (the package's
-    ``__init__`` imports its whole server stack, which this project does not install)."""
-    spec = importlib.util.find_spec("clip_retrieval")
-    if spec is None:
+    """clip-retrieval's own client module, loaded from its file (the package's ``__init__`` imports its whole
+    server stack, which this project does not install)."""
+    if not CLIP_CLIENT.is_file():
         if IN_CI:
-            pytest.fail("clip-retrieval is not installed (scripts/test.sh installs it)")
-        pytest.skip("clip-retrieval is not installed: pip install --no-deps clip-retrieval")
-    path = os.path.join(os.path.dirname(spec.origin), "clip_client.py")
-    mod_spec = importlib.util.spec_from_file_location("clip_client", path)
+            pytest.fail(f"clip-retrieval's client is not at {CLIP_CLIENT} (scripts/test.sh puts it there)")
+        pytest.skip(f"clip-retrieval's client is not at {CLIP_CLIENT}: pip install --no-deps --target "
+                    f"{CLIP_CLIENT.parents[1]} clip-retrieval")
+    mod_spec = importlib.util.spec_from_file_location("clip_client", CLIP_CLIENT)
     module = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(module)
     return module
@@ -631,3 +634,36 @@ def test_open_clip_back_lets_clip_retrievals_client_in_and_nothing_else(cli_stor
             assert c.get("/info").status_code == 401
     finally:
         assert s.stop() in GRACEFUL
+
+
+@pytest.mark.slow
+def test_a_store_file_changed_in_place_is_caught_and_a_fatal_signal_is_logged(cli_store_path, tmp_path):
+    """Store files must never be modified in place. When one is, the periodic size check refuses every request
+    (503, until a reload); with the check off, the process's death by SIGBUS at least says where it hit."""
+    need_data()
+    store = tmp_path / "store"
+    shutil.copytree(cli_store_path, store)
+    s = Server(store, log=tmp_path / "server.log", env={"NEAREST_PROMPT_STORE_CHECK_S": "0.2"})
+    try:
+        with s.client() as c:
+            assert c.post("/query", json={"text": "a castle", "k": 2}).status_code == 200
+            os.truncate(store / "minilm.npy", 1000)
+            wait_for(lambda: s.logged("changed in place"), what="the size check to notice")
+            r = c.post("/query", json={"text": "a castle", "k": 2})
+            assert r.status_code == 503 and "minilm.npy is 1,000 bytes" in r.json()["error"]
+            assert c.get("/health").status_code == 503
+    finally:
+        assert s.stop() in GRACEFUL
+    other = tmp_path / "other"
+    shutil.copytree(cli_store_path, other)
+    s = Server(other, "--store-check", "0", log=tmp_path / "server2.log")
+    try:
+        with s.client() as c:
+            assert c.post("/query", json={"text": "a castle", "k": 2}).status_code == 200
+            os.truncate(other / "clip.faiss", 100)  # the mapped vectors are gone under the server's feet
+            with pytest.raises(Exception):  # noqa: B017 - the connection dies with the process
+                c.post("/query", json={"text": "a castle", "k": 2})
+        assert s.proc.wait(timeout=60) == -signal.SIGBUS
+        assert "Fatal Python error: Bus error" in s.log.read_text()
+    finally:
+        s.stop()

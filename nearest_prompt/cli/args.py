@@ -121,3 +121,17 @@ def report_skipped(skipped: Any) -> None:
 def escape_c1(text: str) -> str:
     """JSON escapes C0 controls itself; C1 controls (a terminal's CSI among them) are escaped here."""
     return re.sub(r"[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def k_for(args: argparse.Namespace, rows: int, *, default: int) -> int:
+    """``--k`` as given (checked against the index), or the command's default cut to the index's size (said on
+    stderr)."""
+    import logging
+
+    from nearest_prompt.retriever.search import resolve_k
+
+    k, cut = resolve_k(args.k, default=default, rows=rows)
+    if cut:
+        logging.getLogger("nearest_prompt.cli").info(
+            "the index holds %d prompts, fewer than the default --k %d: using --k %d", rows, default, k)
+    return k

@@ -6,12 +6,13 @@ import argparse
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from nearest_prompt.common.errors import InputError
 from nearest_prompt.common.text import printable
 
-from .args import escape_c1, open_retriever, print_random_weights_note, report_skipped
+from .args import escape_c1, k_for, open_retriever, print_random_weights_note, report_skipped
 
 log = logging.getLogger("nearest_prompt.cli")
 
@@ -71,8 +72,9 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default=default(ComposeOptions, "objective"),
                    help="minilm: cosine of the prompt's MiniLM vector to the predicted vector (the competition's "
                         "score); clip: CLIP similarity of the prompt to the image")
-    p.add_argument("--k", type=positive_int, default=default(ComposeOptions, "target_k"),
-                   help="neighbours blended into the minilm objective's target vector")
+    p.add_argument("--k", type=positive_int, default=None,
+                   help=f"neighbours blended into the minilm objective's target vector (default: "
+                        f"{default(ComposeOptions, 'target_k')}, at most the index's size)")
     p.add_argument("--neighbors", type=positive_int, default=default(ComposeOptions, "neighbors"),
                    help="neighbour prompts whose clauses are candidates")
     p.add_argument("--fragments", type=int, default=None,
@@ -92,13 +94,12 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 def cmd_interrogate(args: argparse.Namespace) -> int:
     from nearest_prompt.composer import ComposeOptions, Composer
     from nearest_prompt.encoders.images import collect_images
-    from nearest_prompt.retriever.search import check_k
 
     options = ComposeOptions(mode=args.mode, objective=args.objective, neighbors=args.neighbors,
-                             fragments=args.fragments, start=args.start, target_k=args.k).validate()
+                             fragments=args.fragments, start=args.start).validate()
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive)
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
-    check_k(args.k, r.rows)
+    options = replace(options, target_k=k_for(args, r.rows, default=options.target_k))
     captions, captioner = load_captions(args)
     composer = Composer(r, options=options)
     if not composer.has_vocabulary:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from nearest_prompt.common.errors import InputError
+from nearest_prompt.retriever.api import DEFAULT_K_PREDICT
 
-from .args import open_retriever, print_random_weights_note
+from .args import k_for, open_retriever, print_random_weights_note
 
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    from nearest_prompt.retriever.api import DEFAULT_K_PREDICT
-
     from .args import add_common, add_model_args, positive_int
 
     e = cmd("eval", "score predictions as the competition does, beside baselines")
@@ -27,7 +24,8 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                       help="query with MiniLM(first clause of the prompt): retrieval as a caption refiner")
     e.add_argument("--prompts", metavar="FILE", help="held-out prompts for --text-oracle / --text-degraded")
     e.add_argument("--column", default=None, help="prompt column/key in --prompts or --pairs (default: prompt)")
-    e.add_argument("--k", type=positive_int, default=DEFAULT_K_PREDICT, help="neighbours blended per query")
+    e.add_argument("--k", type=positive_int, default=None,
+                   help=f"neighbours blended per query (default: {DEFAULT_K_PREDICT}, at most the index's size)")
     e.add_argument("--report", default="eval_report.json", metavar="FILE.json",
                    help="JSON report (a PNG plot is written beside it)")
     e.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -77,7 +75,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         title = f"{route.replace('-', ' ')}: {args.prompts}"
     r = open_retriever(args)
     compose = None if args.compose == "off" else ComposeOptions(mode=args.compose)
-    report = evaluate(r, route=route, prompts=prompts, images=images, k=args.k, title=title, compose=compose,
+    k = k_for(args, r.rows, default=DEFAULT_K_PREDICT)
+    report = evaluate(r, route=route, prompts=prompts, images=images, k=k, title=title, compose=compose,
                       progress=not args.quiet)
     print(report.table())
     json_path, png = write_report(report, report_path)
@@ -87,30 +86,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_blend(args: argparse.Namespace) -> int:
-    import numpy as np
+    from nearest_prompt.evaluation.ensemble import blend_files
 
-    from nearest_prompt.common.atomic import check_writable
-    from nearest_prompt.evaluation.ensemble import blend_predictions
-    from nearest_prompt.evaluation.inputs import check_prediction_path, read_confidence, read_predictions, write_predictions
-
-    out = check_writable(check_prediction_path(args.out))
     if args.confidence and len(args.confidence) != len(args.inputs):
         raise InputError("--confidence needs one entry (a file or 'none') per input")
-    loaded = [read_predictions(p) for p in args.inputs]
-    ids = loaded[0][0]
-    vectors = []
-    for (these, vecs), name in zip(loaded, args.inputs):
-        if set(these) != set(ids) or len(these) != len(ids):
-            raise InputError(f"{name} does not hold the same image ids as {args.inputs[0]}")
-        if vecs.shape[1] != loaded[0][1].shape[1]:
-            raise InputError(f"{name} holds {vecs.shape[1]}-d vectors, {args.inputs[0]} {loaded[0][1].shape[1]}-d")
-        pos = {img: i for i, img in enumerate(these)}
-        vectors.append(vecs[[pos[img] for img in ids]])
-    confidences: list[Any] | None = None
-    if args.confidence:
-        confidences = [None if c.lower() == "none" else read_confidence(Path(c), ids) for c in args.confidence]
-    blended = blend_predictions(vectors, weights=args.weights, confidences=confidences, power=args.power)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, ids, np.asarray(blended))
-    print(f"blended {len(args.inputs)} inputs for {len(ids)} images into {out}")
+    confidences = None if not args.confidence else [None if c.lower() == "none" else c for c in args.confidence]
+    ids = blend_files(args.inputs, args.out, weights=args.weights, confidences=confidences, power=args.power)
+    print(f"blended {len(args.inputs)} inputs for {len(ids)} images into {args.out}")
     return 0

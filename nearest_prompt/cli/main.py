@@ -8,6 +8,8 @@ exits with 130. Output files are checked writable before any work, and nothing i
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -19,6 +21,7 @@ from nearest_prompt.common.errors import InputError, NearestPromptError
 from nearest_prompt.common.sizes import format_bytes
 from nearest_prompt.common.text import printable
 from nearest_prompt.common.version import __version__, library_versions
+from nearest_prompt.retriever.api import DEFAULT_K_PREDICT, DEFAULT_K_QUERY
 
 from .args import (
     Formatter,
@@ -30,6 +33,7 @@ from .args import (
     default,
     escape_c1,
     flag,
+    k_for,
     open_retriever,
     positive_int,
     print_random_weights_note,
@@ -43,7 +47,6 @@ _OUR_LOGGERS = ("nearest_prompt",)
 
 def build_parser() -> argparse.ArgumentParser:
     from nearest_prompt.indexer.config import INDEX_TYPES, BuildConfig
-    from nearest_prompt.retriever.api import DEFAULT_K_PREDICT, DEFAULT_K_QUERY
 
     parser = Parser(prog="nearest-prompt", description="Which text prompt made this image?", formatter_class=Formatter)
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items() if k != "nearest-prompt")
@@ -59,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="DIR",
                    help="index store directory: new, empty, or a store (replaced atomically)")
     b.add_argument("--column", default=None, help="prompt column/key for parquet, CSV and JSONL (default: prompt)")
+    b.add_argument("--delimiter", default=None, metavar="CHAR",
+                   help="field delimiter of CSV files (default: the first of , ; tab | whose header holds the column)")
     b.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="keep the first N unique prompts read (default: all)")
     dd = b.add_mutually_exclusive_group()
@@ -103,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query by text (repeatable), through the encoder of --space")
     q.add_argument("--space", choices=("clip", "minilm"), default="clip",
                    help="space of --text queries: the CLIP text encoder or MiniLM")
-    q.add_argument("--k", type=positive_int, default=DEFAULT_K_QUERY, help="neighbours per query")
+    q.add_argument("--k", type=positive_int, default=None,
+                   help=f"neighbours per query (default: {DEFAULT_K_QUERY}, at most the index's size)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_image_args(q)
     add_model_args(q, building=False)
@@ -113,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--index", required=True, metavar="DIR", help="index store directory")
     pr.add_argument("images", nargs="+", metavar="IMAGE|FOLDER", help="image files or folders of images")
     pr.add_argument("--out", required=True, metavar="FILE",
-                    help="FILE.csv (imgId_eId,val) or FILE.npy (+ FILE.ids.txt); FILE.confidence.csv beside it")
-    pr.add_argument("--k", type=positive_int, default=DEFAULT_K_PREDICT, help="neighbours blended per image")
+                    help="FILE.csv (imgId_eId,val) or FILE.npy (+ FILE.ids.txt); beside it FILE.csv.confidence.csv "
+                         "(or FILE.npy.confidence.csv)")
+    pr.add_argument("--k", type=positive_int, default=None,
+                    help=f"neighbours blended per image (default: {DEFAULT_K_PREDICT}, at most the index's size)")
     add_weighting_args(pr)
     add_captioner_args(pr)  # --captions CSV | --captioner MODEL: fused with the image query, README 'Fusion'
     pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
@@ -175,7 +183,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from nearest_prompt import indexer
     config = indexer.BuildConfig(
         clip_model=args.clip, clip_pretrained=args.pretrained, minilm_model=args.minilm,
-        column=args.column, limit=args.limit,
+        column=args.column, delimiter=args.delimiter, limit=args.limit,
         near_dup_threshold=None if args.no_near_dedup else args.near_dup_threshold,
         batch_size=args.batch_size, shard_size=args.shard_size,
         index_type=args.index_type, memory_budget_gb=args.memory_budget,
@@ -201,11 +209,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive) \
         if args.images else None
     r = open_retriever(args)
-    results, skipped = r.query(images=images, texts=args.text, space=args.space, k=args.k,
+    k = k_for(args, r.rows, default=DEFAULT_K_QUERY)
+    results, skipped = r.query(images=images, texts=args.text, space=args.space, k=k,
                                batch_size=args.batch_size, max_pixels=args.max_pixels,
                                progress=not args.quiet and images is not None and len(images.paths) > 1)
     if args.json:
-        doc = {"index": str(r.store.path), "k": args.k, "space": args.space, "note": r.store.note,
+        doc = {"index": str(r.store.path), "k": k, "space": args.space, "note": r.store.note,
                "results": [
             {res.kind: res.label, "neighbors": [
                 {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
@@ -240,9 +249,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
     captions, captioner = load_captions(args)
-    from nearest_prompt.retriever.search import check_k
-
-    check_k(args.k, r.rows)
+    k = k_for(args, r.rows, default=DEFAULT_K_PREDICT)
     emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet)
     ids = [p.stem for p in emb.paths]
     texts = None
@@ -251,9 +258,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
     elif captions is not None:
         texts = report_captions(captions, ids)
-    pred = r.predict(emb.vectors, k=args.k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
+    pred = r.predict(emb.vectors, k=k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
                      caption_space=args.caption_space)
-    out.parent.mkdir(parents=True, exist_ok=True)
     written = write_predictions(out, ids, pred.vectors)
     written.append(write_confidence(confidence_path(out), ids, pred.confidence, pred.top_score))
     print(f"wrote {len(ids)} prediction(s) to {', '.join(str(p) for p in written)}")
@@ -322,6 +328,9 @@ def error_line(e: NearestPromptError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not faulthandler.is_enabled():  # a fatal signal (a store file truncated under its memory map: SIGBUS)
+        with contextlib.suppress(ValueError, OSError):  # says where it hit; stderr may have no file (tests)
+            faulthandler.enable()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

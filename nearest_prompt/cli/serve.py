@@ -53,6 +53,10 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                           f"env {ENV_PREFIX}MAX_BODY_BYTES, in bytes)")
     lim.add_argument("--max-pixels", type=positive_int, default=None,
                      help=f"refuse larger images as decompression bombs ({_d('max_pixels')})")
+    lim.add_argument("--store-check", type=float, default=None, metavar="SECONDS",
+                     help="how often the store's file sizes are held against its manifest; a file changed in place "
+                          f"makes the server refuse requests until a reload, 0: never (default: "
+                          f"{default(ServeSettings, 'store_check_s'):g}; env {ENV_PREFIX}STORE_CHECK_S)")
     lim.add_argument("--allow-image-urls", action="store_true", default=None,
                      help="let /knn-service fetch image_url (off: fetching URLs for strangers is an SSRF hole)")
     sv.add_argument("--workers", type=positive_int, default=None,
@@ -71,6 +75,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     """Flags over ``NEAREST_PROMPT_*`` variables over the defaults."""
     given = {f.name: getattr(args, f.name, None) for f in fields(ServeSettings)}
     given["timeout_s"] = args.timeout
+    given["store_check_s"] = args.store_check
     given["max_body_bytes"] = None if args.max_body_mb is None else int(args.max_body_mb * 2**20)
     return ServeSettings.from_env(**given)
 

@@ -8,6 +8,7 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -50,6 +51,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None and " requested and " in str(e):  # numpy's short write ("N requested and M written")
+            raise OSError(errno.ENOSPC, f"No space left on device ({e})", str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -66,6 +71,32 @@ def existing_folder(path: str | os.PathLike) -> Path:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
+
+
+def make_parent(path: str | os.PathLike) -> Path | None:
+    """Create the folder ``path`` goes into when it does not exist yet; returns the folder created (the caller
+    says so), or None."""
+    parent = Path(path).parent
+    if parent.is_dir():
+        return None
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def check_folder_writable(path: str | os.PathLike, *, param: str = "out") -> None:
+    """Refuse, before any work, a place for new files and folders (``path``, created later under its nearest
+    existing ancestor) that this user cannot write to: a read-only filesystem, a folder without permission."""
+    path = Path(path).expanduser().absolute()
+    folder = existing_folder(path)
+    if not folder.is_dir():
+        raise InputError(f"cannot write {path}: {folder} is not a directory", param=param)
+    probe = temp_sibling(folder / "probe")
+    try:  # access() would not see a read-only mount for root; creating a folder does
+        probe.mkdir()
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e} in {folder}; choose another location",
+                         param=param) from None
+    probe.rmdir()
 
 
 def check_writable(path: str | os.PathLike, *, param: str = "out") -> Path:

@@ -33,6 +33,8 @@ from nearest_prompt.common.checksums import weights_fingerprint
 from nearest_prompt.common.device import resolve_device
 from nearest_prompt.common.errors import InputError, ModelError
 
+from . import hub
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "ViT-H-14"
@@ -198,17 +200,25 @@ def locate_weights(spec: ClipSpec, *, param: str = "clip") -> Path:
         if path is None:
             raise ModelError(f"no weights file in {spec.model}", param=param)
         return path
+    if os.path.isfile(spec.pretrained or ""):
+        return Path(spec.pretrained)
+    what = "CLIP" if param == "clip" else param
+    cfg = {"hf_hub": spec.model[len(HF_HUB):] + "/"} if spec.model.startswith(HF_HUB) else \
+        open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+    found = hub.cached(cfg)
+    if found:
+        return Path(found)
+    why = hub.unreachable(cfg)  # a second or three, instead of a minute of retries
+    if why:
+        raise ModelError(f"could not download {what} weights {spec.label}: {why}; {offline_hint(param)}", param=param)
     try:
-        if spec.model.startswith(HF_HUB):
-            return Path(oc_pretrained.download_pretrained_from_hf(spec.model[len(HF_HUB):]))
-        if os.path.isfile(spec.pretrained or ""):
-            return Path(spec.pretrained)
-        cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
-        return Path(oc_pretrained.download_pretrained(cfg))
+        with hub.quiet():
+            if spec.model.startswith(HF_HUB):
+                return Path(oc_pretrained.download_pretrained_from_hf(spec.model[len(HF_HUB):]))
+            return Path(oc_pretrained.download_pretrained(cfg))
     except Exception as e:  # hub, network and cache errors come in many types
-        raise ModelError(
-            f"could not download {'CLIP' if param == 'clip' else param} weights {spec.label} ({type(e).__name__}); "
-            f"{offline_hint(param)}", param=param) from e
+        raise ModelError(f"could not download {what} weights {spec.label} ({type(e).__name__}); {offline_hint(param)}",
+                         param=param) from e
 
 
 class ClipEncoder:

@@ -9,15 +9,19 @@ not UTF-8, a quote that never closes (with its line), a missing column, no rows,
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nearest_prompt.common.atomic import make_parent
 from nearest_prompt.common.errors import InputError
 
 from .submission import ids_path, read_submission, write_npy, write_submission
+
+log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "imgId", "path", "file", "image_path", "filename", "id")
 CAPTION_COLUMNS = ("caption", "prompt", "text")
@@ -30,9 +34,20 @@ class Table:
     path: Path
     columns: dict[str, str]  # role -> the column that plays it
     rows: list[dict[str, str]]
+    lines: list[int]  # the line each row starts on
 
     def values(self, role: str) -> list[str]:
         return [r[self.columns[role]] for r in self.rows]
+
+    def check_unique(self, role: str, *, key: Callable[[str], str] = lambda v: v, param: str, what: str) -> None:
+        """Refuse a table in which two rows give the same ``role`` (after ``key``), naming the value and both lines."""
+        first: dict[str, int] = {}
+        for value, line in zip(self.values(role), self.lines):
+            k = key(value)
+            if k in first:
+                raise InputError(f"{self.path}:{line}: {what} {k!r} again (first on line {first[k]}); give each "
+                                 "once", param=param)
+            first[k] = line
 
 
 def read_table(path: str | Path, *, param: str, roles: dict[str, Sequence[str]]) -> Table:
@@ -41,12 +56,13 @@ def read_table(path: str | Path, *, param: str, roles: dict[str, Sequence[str]])
     if not path.is_file():
         raise InputError(f"{path}: no such file", param=param)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark, as Excel writes, is read
             reader = csv.DictReader(f, strict=True)
-            rows, start = [], 1
+            rows, lines, start = [], [], 2
             try:
                 for row in reader:
                     rows.append(row)
+                    lines.append(start)
                     start = reader.line_num + 1
             except csv.Error as e:
                 raise InputError(f"{path}:{start}: malformed CSV ({e}; a quote that never closes?); fix the "
@@ -65,8 +81,8 @@ def read_table(path: str | Path, *, param: str, roles: dict[str, Sequence[str]])
         raise InputError(f"{path}: no rows below the header", param=param)
     bad = next((i for i, r in enumerate(rows) if None in r or None in r.values()), None)
     if bad is not None:  # DictReader's marks of a row longer (None key) or shorter (None value) than the header
-        raise InputError(f"{path}: row {bad + 1} does not have as many fields as the header", param=param)
-    return Table(path, columns, rows)
+        raise InputError(f"{path}:{lines[bad]}: the row does not have as many fields as the header", param=param)
+    return Table(path, columns, rows, lines)
 
 
 def read_pairs(path: str | Path, *, prompt_column: str | None = None) -> tuple[list[Path], list[str]]:
@@ -97,12 +113,11 @@ class Captions:
 def read_captions(path: str | Path) -> Captions:
     """Captions by image id (the file stem of the image column); empty captions are listed, not fatal."""
     table = read_table(path, param="captions", roles={"image": IMAGE_COLUMNS, "caption": CAPTION_COLUMNS})
+    table.check_unique("image", key=lambda ref: Path(ref).stem, param="captions", what="a caption for image")
     out: dict[str, str] = {}
     empty: list[str] = []
     for ref, caption in zip(table.values("image"), table.values("caption")):
         img = Path(ref).stem
-        if img in out or img in empty:
-            raise InputError(f"{table.path}: image {img!r} has more than one caption", param="captions")
         if caption.strip():
             out[img] = caption
         else:
@@ -113,6 +128,7 @@ def read_captions(path: str | Path) -> Captions:
 def read_confidence(path: str | Path, image_ids: Sequence[str]) -> np.ndarray:
     """The ``confidence`` column of a predict sidecar, for ``image_ids`` in that order."""
     table = read_table(path, param="confidence", roles={"image": ("imgId",), "confidence": ("confidence",)})
+    table.check_unique("image", param="confidence", what="a confidence for image")
     found: dict[str, float] = {}
     for img, value in zip(table.values("image"), table.values("confidence")):
         try:
@@ -120,8 +136,9 @@ def read_confidence(path: str | Path, image_ids: Sequence[str]) -> np.ndarray:
         except ValueError:
             raise InputError(f"{table.path}: confidence {value!r} of image {img!r} is not a number",
                              param="confidence") from None
-        if not np.isfinite(found[img]):
-            raise InputError(f"{table.path}: confidence of image {img!r} is {value}", param="confidence")
+        if not np.isfinite(found[img]) or not 0.0 <= found[img] <= 1.0:
+            raise InputError(f"{table.path}: confidence of image {img!r} is {value}; a confidence is a number in "
+                             "[0, 1]", param="confidence")
     missing = [img for img in image_ids if img not in found]
     if missing:
         raise InputError(f"{table.path} has no row for image {missing[0]!r}", param="confidence")
@@ -149,6 +166,12 @@ def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray]:
         except (ValueError, OSError, EOFError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not a readable .npy prediction file ({str(e)[:120]})",
                              param="inputs") from None
+        seen: dict[str, int] = {}
+        for line, img in enumerate(ids, 1):
+            if img in seen:
+                raise InputError(f"{ids_path(path)}:{line}: image id {img!r} again (first on line {seen[img]}); give "
+                                 "each image once", param="inputs")
+            seen[img] = line
         if vectors.ndim != 2 or len(vectors) != len(ids) or not np.issubdtype(vectors.dtype, np.floating):
             raise InputError(f"{path}: holds an array of shape {vectors.shape} and type {vectors.dtype} for "
                              f"{len(ids)} image ids; expected float [{len(ids)}, d]", param="inputs")
@@ -160,9 +183,18 @@ def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 def write_predictions(path: str | Path, image_ids: Sequence[str], vectors: np.ndarray) -> list[Path]:
-    """``.csv`` (submission format) or ``.npy`` + ``.ids.txt``; returns the files written."""
+    """``.csv`` (submission format) or ``.npy`` + ``.ids.txt``; returns the files written. A folder that does
+    not exist yet is created (and said so in the log)."""
     path = check_prediction_path(path)
+    made_parent(path)
     if path.suffix.lower() == ".csv":
         write_submission(path, image_ids, vectors)
         return [path]
     return [path, write_npy(path, image_ids, vectors)]
+
+
+def made_parent(path: str | Path) -> None:
+    """Create the folder of an output file when it is missing, and say so (a mistyped folder shows up)."""
+    made = make_parent(path)
+    if made is not None:
+        log.warning("created the folder %s for %s (it did not exist)", made, Path(path).name)

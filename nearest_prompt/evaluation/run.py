@@ -32,6 +32,7 @@ from .evaluate import (
     text_degraded_methods,
     text_oracle_methods,
 )
+from .inputs import made_parent
 
 ROUTES = ("pairs", "text-oracle", "text-degraded")
 WEIGHTINGS = {"power_p6": Weighting(), "softmax_t0.01": Weighting(scheme="softmax")}
@@ -120,7 +121,7 @@ def write_report(report: EvalReport, path: str | Path) -> tuple[Path, Path]:
     from .plots import plot_report
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made_parent(path)
     write_bytes_atomic(path, json.dumps(report.to_dict(), indent=2).encode())
     png = path.with_suffix(".png")
     with atomic_path(png) as tmp:

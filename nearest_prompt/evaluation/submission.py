@@ -48,17 +48,24 @@ def read_submission(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Inverse of ``write_submission``: image ids in file order and their [n, d] vectors."""
     path = Path(path)
     rows: dict[str, dict[int, float]] = {}
+    first: dict[str, int] = {}  # imgId_eId -> its line
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             if tuple(next(reader, ())) != HEADER:
                 raise InputError(f"{path}: not a submission file (header must be imgId_eId,val)")
             for line in reader:
                 key, val = line
+                if key in first:
+                    raise InputError(f"{path}:{reader.line_num}: {key} again (first on line {first[key]}): image "
+                                     f"{key.rpartition('_')[0]!r} is given twice; give each image once")
+                first[key] = reader.line_num
                 img, _, e = key.rpartition("_")
                 rows.setdefault(img, {})[int(e)] = float(val)
     except FileNotFoundError as e:
         raise InputError(f"{path}: no such submission file") from e
+    except InputError:
+        raise
     except (ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
         raise InputError(f"{path}: malformed submission row ({str(e)[:120]})") from e
     ids = list(rows)
@@ -90,9 +97,10 @@ def write_npy(path: str | Path, image_ids: Sequence[str], vectors: np.ndarray) -
 
 
 def confidence_path(path: str | Path) -> Path:
-    """``FILE.confidence.csv`` beside a prediction file ``FILE.csv`` or ``FILE.npy``."""
+    """``NAME.confidence.csv`` beside a prediction file ``NAME`` (``sub.csv.confidence.csv``,
+    ``sub.npy.confidence.csv``: named after the whole file name, so that the two never overwrite each other)."""
     p = Path(path)
-    return p.with_name(p.stem + ".confidence.csv")
+    return p.with_name(p.name + ".confidence.csv")
 
 
 def write_confidence(path: str | Path, image_ids: Sequence[str], confidence: np.ndarray,

@@ -41,8 +41,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nearest_prompt.common.errors import NearestPromptError, StoreError
 from nearest_prompt.composer import ComposeOptions, Composer
 from nearest_prompt.encoders.images import set_pixel_limit
+from nearest_prompt.index_store.reader import changed_in_place
 from nearest_prompt.retriever import Retriever, Weighting
-from nearest_prompt.retriever.search import check_k
+from nearest_prompt.retriever.search import resolve_k
 
 from . import models
 from .limits import BodyLimit
@@ -136,6 +137,7 @@ class Service:
         self.metrics.watch(self.admission, self.workers)
         self.captioner = QueuedCaptioner(captioner, self.workers["captioner"]) if captioner is not None else None
         self.served: Served | None = self._serve(loaded) if loaded is not None else None
+        self.damaged: str | None = None  # what changed in place, when the served store's files did
         self._reload_lock = asyncio.Lock()
 
     def _serve(self, loaded: Retriever) -> Served:
@@ -146,7 +148,24 @@ class Service:
     def current(self) -> Retriever:
         if self.served is None:
             raise ClientError(503, "the index is still loading; retry in a moment", {"Retry-After": "1"})
+        if self.damaged:
+            raise ClientError(503, f"the index's files were changed in place ({self.damaged}); rebuild the store and "
+                                   "reload the server (SIGHUP or /admin/reload)")
         return self.served.retriever
+
+    async def watch_store(self) -> None:
+        """Hold the served store's file sizes against its manifest every ``store_check_s`` seconds: a file
+        changed in place (a truncation would end the process at its next read of the lost pages) is logged and
+        every request refused until a reload brings a good store."""
+        while self.settings.store_check_s:
+            await asyncio.sleep(self.settings.store_check_s)
+            if self.served is None or self.damaged:
+                continue
+            what = await run_in_threadpool(changed_in_place, self.served.models.store)
+            if what:
+                self.damaged = what
+                log.error("the store's files were changed in place (%s): refusing requests until a reload; store "
+                          "files must never be modified in place, build into the folder instead", what)
 
     async def load(self) -> None:
         if self.served is None:
@@ -156,6 +175,7 @@ class Service:
         async with self._reload_lock:
             old = self.served.models if self.served is not None else None
             self.served = self._serve(await run_in_threadpool(open_served, self.settings, reuse=old))
+            self.damaged = None
             log.info("reloaded %s: %d prompts", self.settings.index, self.served.models.rows)
             return self.served.retriever
 
@@ -202,6 +222,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.load()
+        watcher = asyncio.get_running_loop().create_task(service.watch_store())
         try:
             import signal
 
@@ -209,6 +230,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
         except (ValueError, NotImplementedError, RuntimeError):  # not the main thread (tests), or no SIGHUP
             pass
         yield
+        watcher.cancel()
         service.close()
 
     async def _sighup() -> None:
@@ -432,11 +454,8 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
 
 def k_of(options: Any, rows: int) -> int:
     """The ``k`` a request asked for, checked against the store's size; one it left out is the default, at most
-    the store's size."""
-    if "k" not in options.model_fields_set:
-        return min(options.k, rows)
-    check_k(options.k, rows)
-    return options.k
+    the store's size (``retriever.search.resolve_k``)."""
+    return resolve_k(options.k if "k" in options.model_fields_set else None, default=options.k, rows=rows)[0]
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

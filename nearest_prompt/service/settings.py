@@ -43,6 +43,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     queue_size: int = 256  # images and texts worked on at once (an interrogate counts 2); beyond it, 503
     timeout_s: float = 60.0  # per request
+    store_check_s: float = 10.0  # how often the store's file sizes are held against its manifest (0: never)
     allow_image_urls: bool = False  # clip back's image_url: fetching URLs for strangers is an SSRF hole
     device: str | None = None
     search_backend: str = "auto"
@@ -62,7 +63,7 @@ class ServeSettings:
         for name in ("max_batch", "workers", "max_body_bytes", "max_pixels", "queue_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}", param=name)
-        for name in ("max_wait_ms", "timeout_s"):
+        for name in ("max_wait_ms", "timeout_s", "store_check_s"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be at least 0, got {getattr(self, name)}", param=name)
         if self.token is not None and self.token_file is not None:
