@@ -29,6 +29,8 @@ class IndexInfo:
     dim: int | None = None
     ntotal: int | None = None
     recall_at_10: float | None = None
+    ram_bytes: int | None = None  # resident when searching: codes, ids, quantizer (version 3)
+    disk_bytes: int | None = None  # the index's files, and the vectors a refine stage pages in per query
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexInfo:

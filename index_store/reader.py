@@ -7,7 +7,7 @@ import json
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from nearest_prompt.common.checksums import block_sha256, file_digests
 from nearest_prompt.common.errors import StoreError
+from nearest_prompt.common.quiet import c_stdout_silenced
 from nearest_prompt.encoders.clip import ClipInfo
 from nearest_prompt.encoders.minilm import MiniLMInfo
 
@@ -30,9 +31,12 @@ from .format import (
     MINILM,
     PROMPTS,
     SPACES,
+    VECTOR_FILES,
     files_of,
+    ivfdata_name,
 )
 from .manifest import FileInfo, Manifest
+from .refine import RefinedIndex
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +76,10 @@ class Store:
     manifest: Manifest
     table: pa.Table
     minilm: np.ndarray  # float16 [rows, 384], memory-mapped
-    indexes: dict[str, Any]  # space ("clip", "minilm") -> faiss.Index, memory-mapped
+    indexes: dict[str, Any]  # space ("clip", "minilm") -> faiss.Index (or a RefinedIndex), memory-mapped
     fragments: Fragments | None = None  # the fragment vocabulary (format version 2), None in version 1
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # space -> float16 [rows, d], memory-mapped
+    # (version 3 keeps every space's; older stores only MiniLM's)
 
     @property
     def rows(self) -> int:
@@ -101,8 +107,11 @@ class Store:
         from nearest_prompt.common.version import library_versions
 
         total = sum(f.bytes for f in self.manifest.files.values())
+        ram = sum(ix.ram_bytes or 0 for ix in self.manifest.indexes.values())
         return {**self.manifest.to_dict(), "path": str(self.path), "bytes_total": total,
                 "bytes_per_prompt": total / max(self.rows, 1), "note": self.note,
+                "ram_bytes_per_prompt": ram / max(self.rows, 1),  # resident when searching (the indexes)
+                "disk_bytes_per_prompt": total / max(self.rows, 1),  # every file, paged in as needed
                 "memory_mapped": {s: is_memory_mapped(index) for s, index in self.indexes.items()},
                 "fragment_vocabulary": self.fragments is not None,
                 "running_versions": library_versions()}
@@ -193,7 +202,7 @@ def verify_files(path: Path, manifest: Manifest, *, verify: str = "auto") -> Non
     block of each larger file ("auto"), or nothing more ("size")."""
     if verify not in ("auto", "full", "size"):
         raise ValueError(f"verify must be 'auto', 'full' or 'size', not {verify!r}")
-    for name in files_of(manifest.format_version):
+    for name in dict.fromkeys([*files_of(manifest.format_version), *manifest.files]):
         expect = manifest.files.get(name)
         fpath = path / name
         if expect is None:
@@ -226,12 +235,17 @@ def _check_whole(path: Path, name: str, expect: FileInfo) -> None:
         raise _fail(path, f"{name} is corrupt (checksum mismatch); rebuild the store")
 
 
-def _read_index(fpath: Path) -> Any:
-    """Read with the file memory-mapped in place (flat codes, IVF lists, HNSW storage stay on disk
-    until searched). IO_FLAG_MMAP_IFC must not be combined with IO_FLAG_MMAP: faiss then refuses
+def read_index(fpath: Path, *, ondisk: bool = False) -> Any:
+    """A store's index file, its bulk left on disk until searched. ``ondisk``: an IVF index whose lists are in
+    faiss's on-disk layout beside it (``format.ivfdata_name``; found in the index file's own folder,
+    wherever the store now is); else read with the file memory-mapped in place (flat codes, IVF lists of
+    older stores, HNSW storage). IO_FLAG_MMAP_IFC must not be combined with IO_FLAG_MMAP: faiss then refuses
     IVF indexes (a full read would then be the silent fallback)."""
     import faiss
 
+    if ondisk:
+        with c_stdout_silenced():  # faiss says "updating ondisk filename" on stdout when the store was moved
+            return faiss.read_index(str(fpath), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     try:
         return faiss.read_index(str(fpath), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as e:
@@ -244,6 +258,8 @@ def is_memory_mapped(index: Any) -> bool:
     """True when the bulk of ``index`` (flat codes, IVF lists or HNSW storage) is a view of the file."""
     import faiss
 
+    if isinstance(index, RefinedIndex):  # its stored vectors are memory-mapped by numpy
+        return is_memory_mapped(index.base) and isinstance(index.vectors, np.memmap)
     outer = faiss.downcast_index(index)  # keep the owner alive while its parts are inspected
     inner = faiss.downcast_index(outer.storage) if isinstance(outer, faiss.IndexHNSW) else outer
     if isinstance(inner, faiss.IndexFlatCodes):
@@ -267,26 +283,26 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
         table = pa.ipc.open_file(pa.memory_map(str(path / PROMPTS), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as e:
         raise _fail(path, f"{PROMPTS} is unreadable ({e}); rebuild the store") from e
-    try:
-        minilm = np.load(path / MINILM, mmap_mode="r")
-    except (ValueError, OSError) as e:
-        raise _fail(path, f"{MINILM} is unreadable ({e}); rebuild the store") from e
-    indexes = {}
+    vectors = {}
     for space in SPACES:
-        name = INDEX_FILES[space]
+        name = VECTOR_FILES[space]
+        if name not in manifest.files:  # stores before version 3 keep no CLIP vectors
+            continue
         try:
-            indexes[space] = _read_index(path / name)
-        except RuntimeError as e:
-            raise _fail(path, f"{name} is unreadable ({str(e).splitlines()[0][:120]}); rebuild the store") from e
-    clip_dim = manifest.clip.embed_dim
+            vectors[space] = np.load(path / name, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise _fail(path, f"{name} is unreadable ({e}); rebuild the store") from e
+    minilm = vectors["minilm"]
+    dims = {"clip": manifest.clip.embed_dim, "minilm": minilm.shape[-1] if minilm.ndim == 2 else -1}
+    indexes = {s: _open_index(path, manifest, s, vectors.get(s)) for s in SPACES}
     checks = [
         (table.num_rows == rows, f"{PROMPTS} has {table.num_rows} rows, manifest says {rows}"),
         (table.schema.names[:2] == ["id", "prompt"], f"{PROMPTS} columns are {table.schema.names}, expected id, prompt"),
         (minilm.ndim == 2 and minilm.shape[0] == rows, f"{MINILM} has shape {minilm.shape}, expected ({rows}, 384)"),
-        (indexes["clip"].d == clip_dim, f"{INDEX_FILES['clip']} has dimension {indexes['clip'].d}, "
-                                        f"the CLIP model {clip_dim}"),
-        (indexes["minilm"].d == minilm.shape[-1], f"{INDEX_FILES['minilm']} has dimension {indexes['minilm'].d}, "
-                                                  f"{MINILM} {minilm.shape}"),
+        *[(v.shape == (rows, dims[s]), f"{VECTOR_FILES[s]} has shape {v.shape}, expected ({rows}, {dims[s]})")
+          for s, v in vectors.items()],
+        *[(indexes[s].d == dims[s], f"{INDEX_FILES[s]} has dimension {indexes[s].d}, the {s} space {dims[s]}")
+          for s in SPACES],
         *[(indexes[s].ntotal == rows, f"{INDEX_FILES[s]} holds {indexes[s].ntotal} vectors, manifest says {rows}")
           for s in SPACES],
     ]
@@ -295,7 +311,25 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
             raise _fail(path, what + "; rebuild the store")
     _check_ids(path, PROMPTS, table, rows)
     fragments = _open_fragments(path, manifest) if manifest.fragments is not None else None
-    return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes, fragments=fragments)
+    return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes, fragments=fragments,
+                 vectors=vectors)
+
+
+def _open_index(path: Path, manifest: Manifest, space: str, vectors: np.ndarray | None, *,
+                name: str | None = None, info: Any = None) -> Any:
+    """A space's index as its manifest describes it: IVF lists on disk when their file is listed, and a
+    refine stage over the space's stored vectors when the index has one."""
+    name = name or INDEX_FILES[space]
+    info = info or manifest.indexes[space]
+    try:
+        index = read_index(path / name, ondisk=ivfdata_name(name) in manifest.files)
+    except RuntimeError as e:
+        raise _fail(path, f"{name} is unreadable ({str(e).splitlines()[0][:120]}); rebuild the store") from e
+    if info.params.get("refine"):
+        if vectors is None:
+            raise _fail(path, f"{name} rescores its candidates from stored vectors the store lacks; rebuild it")
+        return RefinedIndex(index, vectors, k_factor=int(info.params["k_factor"]))
+    return index
 
 
 def _check_ids(path: Path, name: str, table: pa.Table, rows: int) -> None:
@@ -311,7 +345,8 @@ def _open_fragments(path: Path, manifest: Manifest) -> Fragments:
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path / FRAGMENTS), "r")).read_all()
         vectors = {s: np.load(path / FRAGMENT_VECTORS[s], mmap_mode="r") for s in SPACES}
-        indexes = {s: _read_index(path / FRAGMENT_INDEX_FILES[s]) for s in SPACES}
+        indexes = {s: _open_index(path, manifest, s, vectors[s], name=FRAGMENT_INDEX_FILES[s],
+                                  info=manifest.fragments.indexes[s]) for s in SPACES}
     except (pa.ArrowInvalid, OSError, ValueError, RuntimeError) as e:
         raise _fail(path, f"the fragment vocabulary is unreadable ({str(e).splitlines()[0][:120]}); "
                           "rebuild the store") from e

@@ -27,6 +27,7 @@ from .format import (
     MINILM,
     PROMPTS,
     SPACES,
+    VECTOR_FILES,
     files_of,
 )
 from .manifest import FileInfo, Manifest
@@ -154,18 +155,30 @@ class StoreWriter:
 
     def index_path(self, space: str) -> Path:
         """Where the FAISS index of ``space`` (``index_store.format.SPACES``) is to be written (IVF indexes
-        are written there list by list, never whole in memory: ``indexer.ivf_file``)."""
+        put their lists beside it, a block at a time: ``indexer.ivf_blocks``)."""
         if space not in SPACES:
             raise ValueError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
         return self.staging / INDEX_FILES[space]
 
+    def vectors_path(self, space: str) -> Path:
+        """Where the float16 vectors of ``space`` go (``write_matrix(vectors_path(space).name, ...)``)."""
+        return self.staging / VECTOR_FILES[space]
+
+    def final_path(self, staged: Path) -> Path:
+        """Where a file of the staging folder will be once the store is in place."""
+        return self.out / Path(staged).relative_to(self.staging)
+
     def commit(self, manifest: Manifest) -> Path:
-        """Checksum the files (whole and per 64 MiB block), write the manifest, move the store to ``out``."""
+        """Checksum every file written (whole and per 64 MiB block), write the manifest, move the store to
+        ``out``."""
         files = {}
         for name in files_of(manifest.format_version):
-            path = self.staging / name
-            if not path.is_file():
+            if not (self.staging / name).is_file():
                 raise StoreError(f"internal error: {name} was not written")
+        for path in sorted(self.staging.iterdir()):
+            name = path.name
+            if name == MANIFEST or not path.is_file():
+                continue
             whole, blocks = file_digests(path, block_bytes=BLOCK_BYTES)
             files[name] = FileInfo(bytes=path.stat().st_size, sha256=whole, block_bytes=BLOCK_BYTES,
                                    blocks=tuple(blocks))

@@ -155,7 +155,7 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
 
     _stage("near_dedup")
     t = time.perf_counter()
-    keep = _near_dedup_stage(work.path, minilm_all, config, progress)
+    keep = _near_dedup_stage(work.path, minilm_all, config, progress, map_blocks=engine.map_blocks)
     kept = np.flatnonzero(keep)
     kept_prompts = _kept_prompts(work.path, prompts, keep)
     totals["clip"] = -(-len(kept) // config.shard_size)
@@ -186,13 +186,20 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     with index_store.StoreWriter(out) as writer:
         writer.write_prompts(kept_prompts.blocks())
         writer.write_minilm(_kept_rows(minilm_all, kept, progress), rows=len(kept), dim=minilm_all.dim)
-        vectors = {"clip": lambda: ShardedMatrix(clip_paths), "minilm": lambda: ShardedMatrix([writer.minilm_path])}
+        clip_all = ShardedMatrix(clip_paths)
+        writer.write_matrix(writer.vectors_path("clip").name, (b for _, b in float_blocks(clip_all, 65_536)),
+                            rows=len(kept), dim=clip.dim)
+        vectors = {"clip": lambda: clip_all, "minilm": lambda: ShardedMatrix([writer.minilm_path])}
         for space in SPACES:
             _stage(f"{space}_index")
             matrix = vectors[space]()
             plan = plan_index(len(kept), matrix.dim, index_type=config.index_type, memory_budget_gb=budgets[space])
-            indexes[space] = IndexInfo.from_dict(build_index(matrix, plan, path=writer.index_path(space),
-                                                             seed=config.seed, map_blocks=engine.map_blocks))
+            if plan.note:
+                log.warning("%s index: %s", space, plan.note)
+            path = writer.index_path(space)
+            indexes[space] = IndexInfo.from_dict(build_index(
+                matrix, plan, path=path, seed=config.seed, map_blocks=engine.map_blocks,
+                refine_path=writer.vectors_path(space), final_path=writer.final_path(path)))
             log.info("%s index: %s %s over %d vectors, recall@10 vs exact %.3f", space, plan.type,
                      indexes[space].params, len(kept), indexes[space].recall_at_10)
             del matrix
@@ -272,7 +279,8 @@ def _known_rows(sources: list[Source]) -> int | None:
     return sum(pq.ParquetFile(s.path).metadata.num_rows for s in sources)
 
 
-def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig, progress: bool) -> np.ndarray:
+def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig, progress: bool, *,
+                      map_blocks: Any) -> np.ndarray:
     done = work / "keep.npy"
     if done.is_file():
         keep = np.load(done)
@@ -282,7 +290,7 @@ def _near_dedup_stage(work: Path, minilm_all: ShardedMatrix, config: BuildConfig
         keep = np.ones(len(minilm_all), dtype=bool)
     else:
         keep = near_duplicate_keep(minilm_all, threshold=config.near_dup_threshold, seed=config.seed,
-                                   progress=progress, folder=work)
+                                   progress=progress, folder=work, map_blocks=map_blocks)
     with atomic_path(done) as tmp:
         np.save(tmp, keep)
     return keep
@@ -314,9 +322,10 @@ def _write_fragments(writer: index_store.StoreWriter, fragments: PromptFile, met
         writer.write_matrix(writer.fragment_vectors_path(space).name,
                             (block for _, block in float_blocks(matrix, 65_536)), rows=n, dim=dims[space])
         stored = np.load(writer.fragment_vectors_path(space), mmap_mode="r")
-        indexes[space] = IndexInfo.from_dict(build_index(stored, plan_index(n, dims[space]),
-                                                         path=writer.fragment_index_path(space), seed=seed,
-                                                         map_blocks=map_blocks))
+        path = writer.fragment_index_path(space)
+        indexes[space] = IndexInfo.from_dict(build_index(stored, plan_index(n, dims[space]), path=path, seed=seed,
+                                                         map_blocks=map_blocks, refine_path=writer.fragment_vectors_path(space),
+                                                         final_path=writer.final_path(path)))
     rule = {"split": "',' and '|'", "min_count": meta["stats"]["min_count"],
             "max_fragments": meta["stats"]["max_fragments"], "count": "prompts holding the fragment"}
     return FragmentsInfo(rows=n, indexes=indexes, rule=rule, stats=meta["stats"])

@@ -54,13 +54,13 @@ def corpus_size(sources: list[Source], *, limit: int | None = None) -> tuple[int
 
 def estimate(rows: int, text_bytes: int, *, clip_dim: int, index_bytes: int, fragments: int = 0) -> DiskEstimate:
     """Work folder: cleaned text twice (dedup pass and prompts), dedup records, MiniLM (float16) and CLIP
-    (float32) shards, the fragments' text and float16 shards. Store: prompts, MiniLM matrix, the two
-    indexes (``index_bytes``), the fragment vocabulary (at most ``fragments`` rows: float16 vectors and a
+    (float32) shards, the fragments' text and float16 shards. Store: prompts, the MiniLM and CLIP float16
+    vectors, the two indexes (``index_bytes``), the fragment vocabulary (at most ``fragments`` rows: float16 vectors and a
     flat float32 index per space)."""
     frag_dims = 384 + clip_dim
     work = (2 * text_bytes + BYTES_PER_TEXT_VALUE * rows + rows * 384 * 2 + rows * clip_dim * 4
             + fragments * (BYTES_PER_FRAGMENT_TEXT + frag_dims * 2))
-    store = (text_bytes + 16 * rows + rows * 384 * 2 + index_bytes
+    store = (text_bytes + 16 * rows + rows * 384 * 2 + rows * clip_dim * 2 + index_bytes
              + fragments * (BYTES_PER_FRAGMENT_TEXT + frag_dims * (2 + 4)))
     return DiskEstimate(rows=rows, text_bytes=text_bytes, work_bytes=work, store_bytes=store)
 

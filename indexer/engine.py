@@ -2,8 +2,8 @@
 (``indexer.ray_engine.RayEngine``). Both write the same shard files and the same index file, so the
 rest of the build, resuming and the store are one code path.
 
-An engine does two things: ``embed`` (text shards through an encoder) and ``map_blocks`` (the block
-work of the IVF writer, ``ivf_file.assign_block`` / ``encode_block``).
+An engine does two things: ``embed`` (text shards through an encoder) and ``map_blocks`` (block work:
+the IVF writer's ``ivf_blocks.add_block`` and near-dedup's ``dedup.pairs_block``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from nearest_prompt.common.errors import InputError
 
 from .config import ENGINES
 from .encoding import TextEncoding, encode_fn
-from .ivf_file import map_here
+from .ivf_blocks import map_here
 from .prompt_file import PromptFile
 from .shards import embed_in_shards
 

@@ -1,16 +1,19 @@
-"""Choose, train and fill the FAISS index over unit CLIP text vectors (inner product).
+"""Choose, train and fill the FAISS index of a space (unit vectors, inner product), and tune its search knobs.
 
-Types: ``flat`` (exact), ``ivf`` (IVF-Flat), ``hnsw`` (HNSW-Flat),
-``ivfsq8`` (IVF with 8-bit scalar quantisation: a quarter of IVF-Flat's
-memory, nearly its recall), ``ivfpq`` (IVF with product quantisation, for
-the tightest budgets). ``auto`` picks exact search for small corpora and,
-above that, the first of ivf, ivfsq8, ivfpq that fits the memory budget.
-IVF is trained on a seeded random sample, never on the first rows, and
-written to disk list by list without being held in memory (``ivf_file``).
-At build time the search-time knob (IVF ``nprobe``, HNSW ``efSearch``) is
-raised until recall@10 against exact search reaches 0.95 on sampled queries
-(stored vectors moved by a random offset of norm 0.5); the knob and the
-measured recall are recorded in the manifest.
+Types: ``flat`` (exact), ``hnsw`` (HNSW-Flat, in memory), and three IVF types whose lists are written to disk
+a block at a time with faiss's own parts (``ivf_blocks``): ``ivf`` (IVF-Flat, ``4d`` bytes a vector),
+``ivfsq8`` (8-bit scalar codes, ``d`` bytes) and ``ivfpq`` (product-quantised codes, ``m`` bytes, whose
+``k_factor * k`` best candidates are scored again exactly against float16 vectors kept on disk:
+``index_store.refine``). ``auto`` picks exact search up to 100,000 vectors and, above that, the first of
+ivf, ivfsq8, ivfpq whose resident bytes (codes, ids, quantizer) fit the memory budget; ivfpq takes the most
+bytes a code that fits (``d/8``, ``d/16``, ``d/32``). IVF has ``nlist`` = 4 sqrt(n) lists (faiss's guideline
+for this range), at most what a k-means sample of ``MAX_TRAIN_BYTES`` trains; from ``HNSW_MIN_NLIST`` lists
+the coarse quantizer is an HNSW graph over the centroids (faster assignment at build and at search).
+
+IVF is trained on a seeded random sample, never on the first rows. At build time the search knobs (``nprobe``,
+with ``k_factor`` for ivfpq, ``efSearch`` for HNSW) are raised until recall@10 against exact search reaches
+0.95 on sampled queries (stored vectors moved by a random offset of norm 0.5); they and the measured recall
+are recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nearest_prompt.common.quiet import c_stdout_silenced
 from nearest_prompt.common.topk import exact_knn, recall_at_k
+from nearest_prompt.index_store.refine import rerank
 
-from .ivf_file import MapBlocks, MappedIVF, set_ivf_file_nprobe, write_ivf_file
+from .ivf_blocks import BoundedIVF, MapBlocks, ivfdata_path, write_ondisk
 from .shards import ShardedMatrix, float_blocks
 
 log = logging.getLogger(__name__)
@@ -36,30 +41,45 @@ PQ_MIN_ROWS = 16
 ADD_CHUNK = 65_536
 RECALL_BLOCK = 16_384  # stored rows scored at a time for the exact recall@10 oracle
 IVF_TYPES = ("ivf", "ivfsq8", "ivfpq")
-TRAIN_PER_LIST = 40  # k-means training rows per IVF list
-MAX_TRAIN_BYTES = 1 << 30  # float32 k-means sample at most: caps nlist (6,553 lists at d=1024)
+TRAIN_PER_LIST = 40  # k-means training rows per IVF list (faiss warns below 39)
+MAX_TRAIN_BYTES = 1 << 30  # float32 k-means sample at most: caps nlist (6,553 lists at d=1024, 8,738 at d=768)
+HNSW_MIN_NLIST = 4_096  # from this many lists the coarse quantizer is an HNSW graph
+HNSW_M = 32
 ENCODER_TRAIN_ROWS = 65_536  # rows that train the SQ / PQ encoder
 RECALL_QUERIES = 500
 TARGET_RECALL = 0.95
 KMEANS_ITERATIONS = 10  # coarse k-means; faiss's default 25 costs 2.5x for little recall
 QUERY_NOISE = 0.5  # norm of the random offset added to sampled stored vectors to make recall queries
+NPROBES = (8, 16, 32, 64, 128, 256, 512)
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+EF_SEARCHES = (64, 128, 256, 512, 1024)
+BUILD_EF_SEARCH = 128  # the HNSW quantizer's efSearch while rows are assigned to lists
+PQ_DIVISORS = (8, 16, 32)  # ivfpq's bytes a code: d/8 when it fits the budget, else d/16, d/32
 
 
 @dataclass(frozen=True)
 class IndexPlan:
     type: str
     params: dict[str, Any]
+    note: str | None = field(default=None, compare=False)  # said once, when the plan is built
 
     def estimated_bytes(self, n: int, d: int) -> int:
+        """Resident bytes when searching: codes and ids (or vectors), plus the coarse quantizer."""
+        p = self.params
+        quantizer = p.get("nlist", 0) * (d * 4 + (HNSW_M * 2 * 4 if p.get("quantizer") == "hnsw" else 0))
         if self.type == "flat":
             return n * d * 4
-        if self.type == "ivf":
-            return n * (d * 4 + 8)
         if self.type == "hnsw":
-            return n * (d * 4 + self.params["M"] * 2 * 4)
+            return n * (d * 4 + p["M"] * 2 * 4)
+        if self.type == "ivf":
+            return n * (d * 4 + 8) + quantizer
         if self.type == "ivfsq8":
-            return n * (d + 8)
-        return n * (self.params["m"] + 8)
+            return n * (d + 8) + quantizer
+        return n * (p["m"] * p["nbits"] // 8 + 8) + quantizer
+
+    def disk_bytes(self, n: int, d: int) -> int:
+        """Bytes kept on disk and paged in per query only: the float16 vectors of ivfpq's refine stage."""
+        return n * d * 2 if self.type == "ivfpq" and self.params.get("refine") else 0
 
 
 def ivf_nlist(n: int, d: int) -> int:
@@ -68,70 +88,85 @@ def ivf_nlist(n: int, d: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39 or 1, MAX_TRAIN_BYTES // (TRAIN_PER_LIST * 4 * d)))
 
 
+def _pq_m(d: int, divisor: int) -> int:
+    for m in (d // divisor, d // (divisor * 2), 8, 4, 2, 1):
+        if m >= 1 and d % m == 0:
+            return m
+    return 1
+
+
 def plan_index(n: int, d: int, *, index_type: str = "auto", memory_budget_gb: float = 4.0) -> IndexPlan:
+    """The index for ``n`` vectors of ``d`` dimensions (pure: nothing is built or said)."""
     nlist = ivf_nlist(n, d)
-    nprobe = max(1, min(nlist, 16))
+    ivf = {"nlist": nlist, "nprobe": max(1, min(nlist, 16)), "quantizer": "hnsw" if nlist >= HNSW_MIN_NLIST else "flat",
+           "lists": "ondisk"}
+    nbits = max(1, min(8, n.bit_length() - 1))  # PQ k-means needs 2^nbits training points: fewer for tiny corpora
+
+    def pq(divisor: int) -> IndexPlan:
+        return IndexPlan("ivfpq", {**ivf, "m": _pq_m(d, divisor), "nbits": nbits, "refine": "float16", "k_factor": 16})
+
     plans = {
         "flat": IndexPlan("flat", {}),
-        "ivf": IndexPlan("ivf", {"nlist": nlist, "nprobe": nprobe}),
-        "hnsw": IndexPlan("hnsw", {"M": 32, "efConstruction": 80, "efSearch": 128}),
-        "ivfsq8": IndexPlan("ivfsq8", {"nlist": nlist, "nprobe": nprobe}),
-        # PQ k-means needs at least 2^nbits training points: fewer bits for tiny corpora
-        "ivfpq": IndexPlan("ivfpq", {"nlist": nlist, "nprobe": nprobe, "m": _pq_m(d),
-                                     "nbits": max(1, min(8, n.bit_length() - 1))}),
+        "ivf": IndexPlan("ivf", dict(ivf)),
+        "hnsw": IndexPlan("hnsw", {"M": HNSW_M, "efConstruction": 80, "efSearch": 128}),
+        "ivfsq8": IndexPlan("ivfsq8", dict(ivf)),
+        "ivfpq": pq(PQ_DIVISORS[0]),
     }
     if index_type == "ivfpq" and n < PQ_MIN_ROWS:
-        log.warning("index_type ivfpq needs at least %d prompts, the corpus has %d: using exact flat search",
-                    PQ_MIN_ROWS, n)
-        return plans["flat"]
+        return IndexPlan("flat", {}, note=f"index_type ivfpq needs at least {PQ_MIN_ROWS} vectors, there are {n}: "
+                                          "exact flat search instead")
     if index_type != "auto":
         return plans[index_type]
     if n <= FLAT_MAX_ROWS:
         return plans["flat"]
     budget = memory_budget_gb * (1 << 30)
-    for name in ("ivf", "ivfsq8"):
-        if plans[name].estimated_bytes(n, d) <= budget:
-            return plans[name]
-    return plans["ivfpq"]
-
-
-def _pq_m(d: int) -> int:
-    for m in (d // 4, d // 8, d // 16, d // 2, 8, 4, 2, 1):
-        if m >= 1 and d % m == 0 and m <= 256:
-            return m
-    return 1
+    candidates = [plans["ivf"], plans["ivfsq8"], *(pq(div) for div in PQ_DIVISORS)]
+    for plan in candidates:
+        if plan.estimated_bytes(n, d) <= budget:
+            return plan
+    smallest = candidates[-1]
+    return IndexPlan(smallest.type, smallest.params,
+                     note=f"even {smallest.type} with {smallest.params['m']}-byte codes needs "
+                          f"{smallest.estimated_bytes(n, d) / 2**30:.2f} GiB of memory, over the budget of "
+                          f"{memory_budget_gb:g} GiB; raise memory_budget_gb (--memory-budget)")
 
 
 def new_index(plan: IndexPlan, d: int) -> Any:
     import faiss
 
     ip = faiss.METRIC_INNER_PRODUCT
+    p = plan.params
     if plan.type == "flat":
         return faiss.IndexFlatIP(d)
     if plan.type == "hnsw":
-        index = faiss.IndexHNSWFlat(d, plan.params["M"], ip)
-        index.hnsw.efConstruction = plan.params["efConstruction"]
-        index.hnsw.efSearch = plan.params["efSearch"]
+        index = faiss.IndexHNSWFlat(d, p["M"], ip)
+        index.hnsw.efConstruction = p["efConstruction"]
+        index.hnsw.efSearch = p["efSearch"]
         return index
-    quantizer = faiss.IndexFlatIP(d)
+    quantizer = faiss.IndexHNSWFlat(d, HNSW_M, ip) if p.get("quantizer") == "hnsw" else faiss.IndexFlatIP(d)
     if plan.type == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, d, plan.params["nlist"], ip)
+        index = faiss.IndexIVFFlat(quantizer, d, p["nlist"], ip)
     elif plan.type == "ivfsq8":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, plan.params["nlist"], faiss.ScalarQuantizer.QT_8bit, ip)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, p["nlist"], faiss.ScalarQuantizer.QT_8bit, ip)
     else:
-        index = faiss.IndexIVFPQ(quantizer, d, plan.params["nlist"], plan.params["m"], plan.params["nbits"], ip)
-    index.nprobe = plan.params["nprobe"]
+        index = faiss.IndexIVFPQ(quantizer, d, p["nlist"], p["m"], p["nbits"], ip)
+    index.own_fields = True
+    quantizer.this.disown()
+    index.nprobe = p["nprobe"]
     index.cp.niter = KMEANS_ITERATIONS
     return index
 
 
-def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: str | Path,
-                seed: int = 0, map_blocks: MapBlocks | None = None) -> dict[str, Any]:
-    """Train (on a random sample), fill in row order (faiss id == row), write to ``path``, measure recall@10.
+def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: str | Path, seed: int = 0,
+                map_blocks: MapBlocks | None = None, refine_path: str | Path | None = None,
+                final_path: str | Path | None = None) -> dict[str, Any]:
+    """Train (on a random sample), fill in row order (faiss id == row), write to ``path``, tune, measure recall@10.
 
-    IVF types go straight to disk (``ivf_file.write_ivf_file``) and are tuned
-    through bounded memory maps, so their size never counts in memory; flat
-    and HNSW are built in memory and then written. Returns the manifest entry.
+    IVF types go to disk a block at a time (``ivf_blocks.write_ondisk``, the block work on ``map_blocks``)
+    and are tuned through bounded memory maps; ivfpq's refine stage reads ``refine_path``, a float16 .npy of
+    the same rows that the caller wrote. Flat and HNSW are built in memory and then written. ``final_path``:
+    where ``path`` will live once its folder is moved into place. Returns the manifest entry. The plan's
+    ``note`` is the caller's to say.
     """
     import faiss
 
@@ -141,10 +176,12 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
     params = dict(plan.params)
     if plan.type in IVF_TYPES:
         train_ivf(index, vectors, rng=rng)
-        write_ivf_file(path, index, vectors, map_blocks=map_blocks)  # the block work may run on an engine
-        searcher = MappedIVF(path)
-        recall = _tune(lambda q, k, value: searcher.search(q, k, nprobe=value), plan, params, vectors, rng)
-        set_ivf_file_nprobe(path, index, ntotal=n, nprobe=params["nprobe"])
+        if params.get("quantizer") == "hnsw":
+            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = BUILD_EF_SEARCH
+        write_ondisk(path, index, vectors, map_blocks=map_blocks, final_path=final_path)
+        refine = np.load(refine_path, mmap_mode="r") if plan.type == "ivfpq" and params.get("refine") else None
+        recall = _tune_ivf(BoundedIVF(path), plan, params, vectors, rng, refine)
+        _write_knobs(path, params, final_path=final_path)
     else:
         for _, block in float_blocks(vectors, ADD_CHUNK):
             index.add(block)
@@ -152,12 +189,16 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
             def search(q: np.ndarray, k: int, value: int):
                 faiss.downcast_index(index).hnsw.efSearch = value
                 return index.search(q, k)
-            recall = _tune(search, plan, params, vectors, rng)
+            queries, exact = _recall_queries(vectors, rng)
+            recall = _raise_until(search, exact, queries, EF_SEARCHES, params, "efSearch")
         else:
             recall = 1.0
         faiss.write_index(index, str(path))
-    info = {"type": plan.type, "params": params, "factory": type(index).__name__, "metric": "inner_product",
-            "dim": d, "ntotal": int(n), "recall_at_10": round(recall, 4)}
+    files = [Path(path)] + ([ivfdata_path(path)] if plan.type in IVF_TYPES else [])
+    info = {"type": plan.type, "params": params, "factory": type(faiss.downcast_index(index)).__name__,
+            "metric": "inner_product", "dim": d, "ntotal": int(n), "recall_at_10": round(recall, 4),
+            "ram_bytes": int(IndexPlan(plan.type, params).estimated_bytes(n, d)),
+            "disk_bytes": int(sum(f.stat().st_size for f in files) + IndexPlan(plan.type, params).disk_bytes(n, d))}
     log.debug("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
     if recall < TARGET_RECALL:
         finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(plan.type)
@@ -168,8 +209,9 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
 
 
 def train_ivf(index: Any, vectors: ShardedMatrix | np.ndarray, *, rng: np.random.Generator) -> None:
-    """Train an IVF index on random rows: k-means on TRAIN_PER_LIST rows per list, then the encoder
-    (SQ ranges, PQ codebooks) on ENCODER_TRAIN_ROWS rows, one sample in memory at a time."""
+    """Train an IVF index on random rows: k-means on TRAIN_PER_LIST rows per list (then the centroids go into
+    the quantizer, a graph for HNSW), then the encoder (SQ ranges, PQ codebooks) on ENCODER_TRAIN_ROWS rows,
+    one sample in memory at a time."""
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
@@ -180,20 +222,83 @@ def train_ivf(index: Any, vectors: ShardedMatrix | np.ndarray, *, rng: np.random
         return np.asarray(vectors[rows], dtype=np.float32)
 
     x = sample(max(ivf.nlist * TRAIN_PER_LIST, 10_000))
-    faiss.Clustering(ivf.d, ivf.nlist, ivf.cp).train(x, ivf.quantizer)  # what index.train runs first
+    ivf.cp.min_points_per_centroid = max(1, min(39, len(x) // ivf.nlist))  # small samples are expected, not warned
+    clustering = faiss.Clustering(ivf.d, ivf.nlist, ivf.cp)
+    clustering.train(x, faiss.IndexFlatIP(ivf.d))  # exact k-means, whatever the quantizer
+    ivf.quantizer.add(faiss.vector_float_to_array(clustering.centroids).reshape(ivf.nlist, ivf.d))
     del x
-    index.train(sample(ENCODER_TRAIN_ROWS))  # the quantizer is trained: faiss trains only the encoder
+    ivf.is_trained = False  # the quantizer is trained: faiss trains only the encoder now
+    encoder_sample = sample(ENCODER_TRAIN_ROWS)
+    pq = getattr(faiss.downcast_index(index), "pq", None)
+    if pq is not None:
+        pq.cp.min_points_per_centroid = max(1, min(39, len(encoder_sample) >> pq.nbits))
+    index.train(encoder_sample)
 
 
-def _tune(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], plan: IndexPlan,
-          params: dict[str, Any], vectors: ShardedMatrix | np.ndarray, rng: np.random.Generator) -> float:
-    """Raise nprobe / efSearch until recall@10 >= TARGET_RECALL (or the knob is maxed out);
-    ``search(queries, k, knob_value)`` searches the index."""
+def _write_knobs(path: str | Path, params: dict[str, Any], *, final_path: str | Path | None) -> None:
+    """The tuned nprobe (and the HNSW quantizer's efSearch) into the index file's header."""
+    import faiss
+
+    from .ivf_blocks import open_ivf
+
+    with c_stdout_silenced():
+        index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = params["nprobe"]
+    if params.get("quantizer") == "hnsw":
+        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = params["quantizer_ef"]
+    if final_path is not None:
+        faiss.downcast_InvertedLists(ivf.invlists).filename = str(ivfdata_path(final_path))
+    faiss.write_index(index, str(path))
+    del index, ivf
+    open_ivf(path)  # it opens as a store will open it
+
+
+def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vectors: ShardedMatrix | np.ndarray,
+              rng: np.random.Generator, refine: np.ndarray | None) -> float:
+    """The smallest nprobe (and with a refine stage, the smallest k_factor at it) whose recall@10 reaches the
+    target; else the best seen. One search of the lists per nprobe: the refine stage reranks prefixes of
+    its candidates (the first ``k_factor * k`` of more are exactly what a search for that many returns)."""
+    import faiss
+
     queries, exact = _recall_queries(vectors, rng)
-    if plan.type == "hnsw":
-        knob, values = "efSearch", [64, 128, 256, 512, 1024]
-    else:
-        knob, values = "nprobe", sorted({min(v, plan.params["nlist"]) for v in (8, 16, 32, 64, 128, 256, 512)})
+    k = exact.shape[1]
+    hnsw = params.get("quantizer") == "hnsw"
+    best: tuple[float, int, int | None] = (-1.0, 0, None)
+    for nprobe in sorted({min(v, params["nlist"]) for v in NPROBES}):
+        ef = max(64, 2 * nprobe)
+
+        def configure(index: Any, ef: int = ef) -> None:
+            if hnsw:
+                faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = ef
+
+        if refine is None:
+            _, got = searcher.search(queries, k, nprobe=nprobe, configure=configure)
+            tried = [(None, recall_at_k(got, exact))]
+        else:
+            _, cand = searcher.search(queries, min(len(vectors), K_FACTORS[-1] * k), nprobe=nprobe, configure=configure)
+            tried = []
+            for kf in K_FACTORS:
+                _, got = rerank(refine, queries, cand[:, :kf * k], k)
+                tried.append((kf, recall_at_k(got, exact)))
+                if tried[-1][1] >= TARGET_RECALL:
+                    break
+        kf, recall = tried[-1]
+        if recall > best[0]:
+            best = (recall, nprobe, kf)
+        if recall >= TARGET_RECALL:
+            break
+    recall, params["nprobe"], kf = best
+    if hnsw:
+        params["quantizer_ef"] = max(64, 2 * params["nprobe"])
+    if kf is not None:
+        params["k_factor"] = kf
+    return recall
+
+
+def _raise_until(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], exact: np.ndarray,
+                 queries: np.ndarray, values: tuple[int, ...], params: dict[str, Any], knob: str) -> float:
+    """Raise ``knob`` through ``values`` until recall@10 >= TARGET_RECALL (or the last value)."""
     recall = 0.0
     for value in values:
         _, got = search(queries, exact.shape[1], value)

@@ -6,10 +6,13 @@
   must be on a filesystem every worker sees. A worker that dies is restarted and its shard retried
   (Ray Data's actors default to ``max_restarts=-1``, ``max_task_retries=-1``): a shard file appears
   only whole (atomic rename), so a retried shard equals a first try. One progress bar, on the driver, counts finished shards.
-* ``map_blocks``: the IVF writer's block work as Ray tasks (the trained index travels once, as bytes,
-  through the object store); results come back in order and the driver writes the file.
+* ``map_blocks``: block work as Ray tasks: the IVF writer's blocks (the trained index travels once, as
+  bytes, through the object store; each task writes its block's index file into the shared folder, the
+  driver merges them) and near-dedup's range searches (each task opens the shared index file and returns
+  its pairs; the driver applies the rule). Results come back in order.
 
-Exact and near dedup, IVF training (on a random sample) and the store itself stay on the driver.
+Exact dedup, IVF training (on a random sample), the greedy rule of near-dedup and the store itself stay on
+the driver.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class _EmbedActor:
 
 
 def _shippable(obj: Any) -> Any:
-    """A FAISS index as its serialisation (SWIG objects do not pickle; ``ivf_file`` reads either form)."""
+    """A FAISS index as its serialisation (SWIG objects do not pickle; ``ivf_blocks`` reads either form)."""
     import faiss
 
     return faiss.serialize_index(obj) if isinstance(obj, faiss.Index) else obj

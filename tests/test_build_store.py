@@ -220,8 +220,8 @@ def test_moved_clip_folder_is_accepted_by_fingerprint(store_dir, tiny_clip_dir, 
 
 def test_manifest_is_self_describing(store_dir):
     m = json.loads((store_dir / MANIFEST).read_text())
-    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 2
-    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX, *FRAGMENT_FILES}
+    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 3
+    assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX, *FRAGMENT_FILES, "clip.npy"}
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
     frag = m["fragments"]
     assert frag["rows"] == frag["stats"]["kept"] > 0 and frag["rule"]["min_count"] == 3
@@ -237,18 +237,22 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
                                                                      minilm, kind):
     from dataclasses import replace
 
-    import faiss
-
     from nearest_prompt.index_store.reader import is_memory_mapped
 
     out = tmp_path / kind
     indexer.build([_small_corpus(tmp_path, 120)], out, config=replace(build_config, index_type=kind),
                   clip=clip_encoder, minilm=minilm, progress=False)
+    from nearest_prompt.index_store.refine import RefinedIndex
+
     store = index_store.open_store(out)
     assert store.manifest.index("clip").type == kind
+    ivf = kind.startswith("ivf")
+    assert ("clip.ivfdata" in store.manifest.files) == ivf  # IVF lists in faiss's on-disk layout
     for index, name in ((store.indexes["clip"], CLIP_INDEX), (store.indexes["minilm"], MINILM_INDEX)):
         assert is_memory_mapped(index), name
-        in_memory = faiss.read_index(str(out / name))
+        if isinstance(index, RefinedIndex):  # the first pass; the refine stage is tested on its own
+            index = index.base
+        in_memory = _into_memory(out / name, ivf)
         assert not is_memory_mapped(in_memory)
         q = np.ascontiguousarray(store.minilm[:7], dtype=np.float32) if index.d == 384 else \
             clip_encoder.encode_text(store.prompts(range(7)))
@@ -256,6 +260,26 @@ def test_opened_indexes_are_memory_mapped_and_answer_like_in_memory(tmp_path, bu
         d_mem, i_mem = in_memory.search(q, 5)
         np.testing.assert_array_equal(i_map, i_mem)
         np.testing.assert_array_equal(d_map, d_mem)
+
+
+def _into_memory(path, ivf):
+    """An index file read whole into memory; for IVF, its on-disk lists copied into in-memory lists."""
+    import faiss
+
+    from nearest_prompt.common.quiet import c_stdout_silenced
+
+    if not ivf:
+        return faiss.read_index(str(path))
+    with c_stdout_silenced():
+        index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    src = faiss.extract_index_ivf(index).invlists
+    dst = faiss.ArrayInvertedLists(src.nlist, src.code_size)
+    for list_no in range(src.nlist):
+        if src.list_size(list_no):
+            dst.add_entries(list_no, src.list_size(list_no), src.get_ids(list_no), src.get_codes(list_no))
+    faiss.extract_index_ivf(index).replace_invlists(dst, True)
+    dst.this.disown()
+    return index
 
 
 def test_minilm_written_in_blocks_round_trips(tmp_path, rng):
@@ -300,3 +324,40 @@ def test_prompts_written_from_blocks_get_consecutive_ids(tmp_path):
         table = pa.ipc.open_file(pa.memory_map(str(w.staging / PROMPTS))).read_all()
     assert table.column("id").to_pylist() == [0, 1, 2]
     assert table.column("prompt").to_pylist() == ["a", "b", "c"]
+
+
+def test_a_version_2_store_with_ivf_lists_in_its_index_files_opens_and_answers_as_before(
+        tmp_path, build_config, clip_encoder, minilm):
+    """Stores written before version 3 hold their IVF lists inside the index file (and no CLIP vectors):
+    they open memory-mapped, as then, and answer what the same lists answer in the new layout."""
+    from dataclasses import replace
+
+    import faiss
+
+    from nearest_prompt.common.checksums import file_digests
+    from nearest_prompt.index_store.format import BLOCK_BYTES
+    from nearest_prompt.index_store.reader import is_memory_mapped
+
+    new = tmp_path / "new"
+    indexer.build([_small_corpus(tmp_path, 200)], new, config=replace(build_config, index_type="ivfsq8"),
+                  clip=clip_encoder, minilm=minilm, progress=False)
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    m = json.loads((old / MANIFEST).read_text())
+    for name in (CLIP_INDEX, MINILM_INDEX):
+        faiss.write_index(_into_memory(new / name, True), str(old / name))  # the lists inside the file
+        whole, blocks = file_digests(old / name, block_bytes=BLOCK_BYTES)
+        m["files"][name] = {"bytes": (old / name).stat().st_size, "sha256": whole, "block_bytes": BLOCK_BYTES,
+                            "blocks": blocks}
+        lists = name.replace(".faiss", ".ivfdata")
+        (old / lists).unlink()
+        del m["files"][lists]
+    (old / "clip.npy").unlink()
+    del m["files"]["clip.npy"]
+    m["format_version"] = 2
+    (old / MANIFEST).write_text(json.dumps(m))
+    a, b = index_store.open_store(old), index_store.open_store(new)
+    assert a.manifest.format_version == 2 and "clip" not in a.vectors and is_memory_mapped(a.indexes["clip"])
+    q = clip_encoder.encode_text(a.prompts(range(20)))
+    for space, queries in (("clip", q), ("minilm", np.ascontiguousarray(a.minilm[:20], dtype=np.float32))):
+        np.testing.assert_array_equal(a.indexes[space].search(queries, 5)[1], b.indexes[space].search(queries, 5)[1])

@@ -127,6 +127,21 @@ def test_near_dedup_matches_oracle_ivf_path(rng, monkeypatch):
     np.testing.assert_array_equal(keep, _oracle_keep(v, 0.95))
 
 
+@pytest.mark.parametrize("exact_max", [100_000, 10])
+def test_a_family_of_forty_variants_keeps_one(rng, monkeypatch, exact_max):
+    """Every pair above the threshold counts (range search), however large the family: forty variants of one
+    prompt keep one, on the exact path and on the IVF path."""
+    monkeypatch.setattr(dedup, "EXACT_MAX_ROWS", exact_max)
+    centre = rng.normal(size=32)
+    family = centre + 0.01 * rng.normal(size=(40, 32))
+    others = rng.normal(size=(60, 32))
+    v = np.concatenate([family, others]).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    keep = dedup.near_duplicate_keep(v, threshold=0.95)
+    np.testing.assert_array_equal(keep, _oracle_keep(v, 0.95))
+    assert keep[:40].sum() == 1 and keep[40:].all()
+
+
 def test_near_dedup_chain_keeps_ends():
     # a ~ b ~ c but a !~ c: b goes (its earlier neighbour a is kept), c stays
     a = np.array([1.0, 0.0])

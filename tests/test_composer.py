@@ -60,7 +60,7 @@ def test_miner_equals_a_brute_force_count(min_count, cap, monkeypatch):
 def test_store_holds_the_vocabulary_of_its_prompts(retriever, minilm):
     store = retriever.store
     frag = store.fragments
-    assert store.manifest.format_version == 2 and frag is not None and len(frag) > 0
+    assert store.manifest.format_version == 3 and frag is not None and len(frag) > 0
     prompts = store.table.column("prompt")
     vocab = mine_fragments([prompts.combine_chunks()], min_count=3, max_fragments=100_000)
     assert frag.texts(range(len(frag))) == vocab.fragments.to_pylist()
@@ -203,7 +203,7 @@ def v1_store(cli_store_path, tmp_path_factory):
     m = json.loads((old / MANIFEST).read_text())
     m["format_version"] = 1
     del m["fragments"]
-    for name in FRAGMENT_FILES:
+    for name in (*FRAGMENT_FILES, "clip.npy"):  # version 1 kept neither the vocabulary nor the CLIP vectors
         (old / name).unlink()
         del m["files"][name]
     (old / MANIFEST).write_text(json.dumps(m))

@@ -55,25 +55,45 @@ def test_ray_build_equals_local_build(ray_runtime, slice_file, tmp_path, build_c
 
 
 @pytest.mark.slow
-def test_distributed_ivf_writer_writes_the_same_bytes(ray_runtime, tmp_path, rng):
+def test_distributed_ivf_writer_writes_the_same_bytes(ray_runtime, tmp_path, rng, monkeypatch):
+    """The blocks as Ray tasks (the trained index shipped once, each task writing its block's index file into
+    the shared folder, the driver merging them) give the files the local writer gives, byte for byte."""
+    from nearest_prompt.indexer import ivf_blocks
     from nearest_prompt.indexer.faiss_index import new_index, plan_index, train_ivf
-    from nearest_prompt.indexer.ivf_file import ENCODE_CHUNK, write_ivf_file
     from nearest_prompt.indexer.ray_engine import RayEngine
 
+    monkeypatch.setattr(ivf_blocks, "ADD_CHUNK", 4096)  # several blocks, so several tasks
     x = rng.normal(size=(3 * 4096 + 17, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     for kind in ("ivf", "ivfsq8", "ivfpq"):
         index = new_index(plan_index(len(x), 32, index_type=kind), 32)
         train_ivf(index, x, rng=np.random.default_rng(0))
-        from nearest_prompt.indexer import ivf_file as ivf_file
-        saved, ivf_file.ENCODE_CHUNK = ivf_file.ENCODE_CHUNK, 4096  # several blocks, so several tasks
-        try:
-            write_ivf_file(tmp_path / "here", index, x)
-            write_ivf_file(tmp_path / "ray", index, x, map_blocks=RayEngine().map_blocks)
-        finally:
-            ivf_file.ENCODE_CHUNK = saved
-        assert (tmp_path / "here").read_bytes() == (tmp_path / "ray").read_bytes(), kind
-    assert ENCODE_CHUNK == 65_536
+        for where, blocks in (("here", None), ("ray", RayEngine().map_blocks)):
+            (tmp_path / where).mkdir(exist_ok=True)
+            ivf_blocks.write_ondisk(tmp_path / where / f"{kind}.faiss", index, x, map_blocks=blocks,
+                                    final_path=tmp_path / "final" / f"{kind}.faiss")
+        for suffix in (".faiss", ".ivfdata"):
+            here, ray_ = (tmp_path / w / f"{kind}{suffix}" for w in ("here", "ray"))
+            assert here.read_bytes() == ray_.read_bytes(), (kind, suffix)
+
+
+@pytest.mark.slow
+def test_near_dedup_blocks_as_ray_tasks_keep_what_the_local_run_keeps(ray_runtime, rng, monkeypatch):
+    from nearest_prompt.indexer import dedup
+    from nearest_prompt.indexer.ray_engine import RayEngine
+
+    monkeypatch.setattr(dedup, "EXACT_MAX_ROWS", 100)  # the IVF path of large corpora
+    monkeypatch.setattr(dedup, "CHUNK", 500)  # several blocks, so several tasks
+    centres = rng.normal(size=(400, 32)).astype(np.float32)
+    v = centres[rng.integers(0, 400, 3000)] + 0.03 * rng.normal(size=(3000, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    here = dedup.near_duplicate_pairs(v, threshold=0.95)
+    there = dedup.near_duplicate_pairs(v, threshold=0.95, map_blocks=RayEngine().map_blocks)
+    for a, b in zip(here, there):
+        np.testing.assert_array_equal(a, b)
+    assert len(here[0]) > 1000
+    np.testing.assert_array_equal(dedup.keep_from_pairs(len(v), *here, threshold=0.95),
+                                  dedup.near_duplicate_keep(v, threshold=0.95, map_blocks=RayEngine().map_blocks))
 
 
 @pytest.mark.slow

@@ -287,6 +287,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"              weights {clip.weights}",
         f"MiniLM        {mini.model}  (dim {mini.dim}, max tokens {mini.max_seq_length})",
         *[f"{space + ' index':<14}{ix.type} ({ix.factory}) {ix.params or ''}  recall@10 vs exact {ix.recall_at_10}"
+          + (f"; {ix.ram_bytes / max(store.rows, 1):,.0f} B of memory and {ix.disk_bytes / max(store.rows, 1):,.0f} B "
+             "of disk a prompt" if ix.ram_bytes is not None else "")
           for space, ix in m.indexes.items()],
         ("fragments     none (format version 1: rebuild for interrogate's fragment vocabulary)" if m.fragments is None
          else f"fragments     {m.fragments.rows} (held by >= {m.fragments.rule.get('min_count')} prompts, at most "
@@ -294,7 +296,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               + ", ".join(f"{sp} {ix.type}" for sp, ix in m.fragments.indexes.items())),
         "files:",
         *[f"  {name:<14}{format_bytes(f.bytes):>12}" for name, f in m.files.items()],
-        f"  {'total':<14}{format_bytes(d['bytes_total']):>12}  ({d['bytes_per_prompt']:.0f} bytes per prompt)",
+        f"  {'total':<14}{format_bytes(d['bytes_total']):>12}  ({d['disk_bytes_per_prompt']:,.0f} bytes of disk a "
+        f"prompt; searching keeps {d['ram_bytes_per_prompt']:,.0f} bytes a prompt in memory)",
         "opened        " + ", ".join(f"{k} index {'memory-mapped' if v else 'read into memory'}"
                                      for k, v in d["memory_mapped"].items()),
         "build options: " + ", ".join(f"{k}={v}" for k, v in m.build.get("config", {}).items()),
