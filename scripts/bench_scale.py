@@ -1,0 +1,276 @@
+"""Search at scale, side by side in one run: the index ``auto`` plans for the memory budget (built by the code a
+store build runs), autofaiss's ``build_index`` under the same memory limit, and exact blockwise search (the
+ground truth), on synthetic clustered unit vectors.
+
+    python scripts/bench_scale.py --rows 1000000 --dim 768 --memory-budget 4 --queries 1000 --json runs/scale_1m.json
+        [--work runs/bench_scale] [--methods ours,autofaiss,exact] [--autofaiss-python runs/autofaiss-venv/bin/python]
+
+Data: 4,096 random unit centres; each point a centre plus Gaussian noise (cosine about 0.8 to its centre),
+normalised, written as float16 shards of a million rows, generated a block at a time (never all in memory);
+the queries are fresh points of the same distribution. Synthetic vectors, not real CLIP embeddings: the
+figures measure the indexes, not image-to-prompt quality. autofaiss runs from its own virtual environment
+(``python -m venv runs/autofaiss-venv && runs/autofaiss-venv/bin/pip install autofaiss``), since its pins are
+not ours. Each build and each search runs in a process of its own, whose peak resident memory (VmHWM) is
+reported. Per method the JSON holds recall_at_10, build_s, build_rss_gib, search_rss_gib, single_qps (one
+query per call), batch_qps (one call of --queries), ram_bytes_per_vector and disk_bytes_per_vector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1])]  # bench_common; devkit
+
+SHARD_ROWS = 1_000_000
+GEN_ROWS = 250_000  # rows generated at a time
+CENTRES = 4096
+SINGLE = 100  # single queries timed
+K = 10
+
+
+def _vmhwm() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _emit(**values) -> None:
+    print("RESULT " + json.dumps(values), flush=True)
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def make_data(work: Path, n: int, d: int, q: int) -> tuple[list[Path], np.ndarray]:
+    """Float16 shards of n clustered unit vectors in work/data (made once), and q float32 queries."""
+    folder = work / "data"
+    meta = {"rows": n, "dim": d, "centres": CENTRES, "seed": 0, "shard_rows": SHARD_ROWS}
+    done = folder / "meta.json"
+    paths = [folder / f"{s:05d}.npy" for s in range(-(-n // SHARD_ROWS))]
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((CENTRES, d), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+
+    def points(m: int, gen: np.random.Generator) -> np.ndarray:
+        block = centres[gen.integers(0, CENTRES, m)]
+        block += gen.standard_normal((m, d), dtype=np.float32) * (0.75 / np.sqrt(d))
+        return block / np.linalg.norm(block, axis=1, keepdims=True)
+
+    if not (done.is_file() and json.loads(done.read_text()) == meta and all(p.is_file() for p in paths)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for s, path in enumerate(paths):
+            rows = min(SHARD_ROWS, n - s * SHARD_ROWS)
+            out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float16, shape=(rows, d))
+            gen = np.random.default_rng(1000 + s)
+            for a in range(0, rows, GEN_ROWS):
+                out[a:a + GEN_ROWS] = points(min(GEN_ROWS, rows - a), gen)
+            out.flush()
+            del out
+            os.replace(path.with_suffix(".tmp.npy"), path)
+            print(f"data: shard {s + 1} of {len(paths)}", file=sys.stderr, flush=True)
+        done.write_text(json.dumps(meta))
+    return paths, points(q, np.random.default_rng(7))
+
+
+def ground_truth(work: Path, paths: list[Path], queries: np.ndarray) -> tuple[np.ndarray, float]:
+    """Exact top-10 ids of the queries (made once) and the seconds it took."""
+    from nearest_prompt.common.topk import exact_knn
+    from nearest_prompt.indexer.shards import ShardedMatrix
+
+    cache = work / f"exact_{len(queries)}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        if z["ids"].shape == (len(queries), K):
+            return z["ids"], float(z["seconds"])
+    t = time.perf_counter()
+    _, ids = exact_knn(queries, ShardedMatrix(paths), K, block_rows=GEN_ROWS)
+    seconds = time.perf_counter() - t
+    np.savez(cache, ids=ids, seconds=seconds)
+    return ids, seconds
+
+
+# -- phases, each in a process of its own ----------------------------------------------------------------------
+def phase_exact(work: Path, paths: list[Path], queries: np.ndarray) -> None:
+    from nearest_prompt.common.topk import exact_knn
+    from nearest_prompt.indexer.shards import ShardedMatrix
+
+    _, batch_s = ground_truth(work, paths, queries)
+    m = ShardedMatrix(paths)
+    t = time.perf_counter()
+    for i in range(3):
+        exact_knn(queries[i:i + 1], m, K, block_rows=GEN_ROWS)
+    single_s = (time.perf_counter() - t) / 3
+    n, d = m.shape
+    _emit(recall_at_10=1.0, build_s=0.0, build_rss_gib=0.0, search_rss_gib=_vmhwm() / 2**30,
+          single_qps=1 / single_s, batch_qps=len(queries) / batch_s, ram_bytes_per_vector=0.0,
+          disk_bytes_per_vector=2.0 * d, method="exact blockwise search (numpy/faiss brute force over the shards)")
+
+
+def phase_ours_build(work: Path, paths: list[Path], budget: float) -> None:
+    from nearest_prompt.indexer.faiss_index import build_index, plan_index
+    from nearest_prompt.indexer.shards import ShardedMatrix, float_blocks
+
+    m = ShardedMatrix(paths)
+    n, d = m.shape
+    out = work / "ours"
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    plan = plan_index(n, d, memory_budget_gb=budget)
+    vectors = out / "vectors.npy"  # what a store keeps beside the index (clip.npy), written as a build writes it
+    header = {"descr": "<f2", "fortran_order": False, "shape": (n, d)}
+    with open(vectors, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for _, block in float_blocks(m, GEN_ROWS):
+            f.write(block.astype(np.float16).data)
+    info = build_index(m, plan, path=out / "index.faiss", refine_path=vectors, seed=0)
+    build_s = time.perf_counter() - t
+    (out / "info.json").write_text(json.dumps(info))
+    _emit(build_s=build_s, build_rss_gib=_vmhwm() / 2**30, info=info, note=plan.note)
+
+
+def _time_search(search, queries: np.ndarray) -> tuple[float, float, np.ndarray]:
+    search(queries[:5], K)  # warm
+    t = time.perf_counter()
+    for i in range(SINGLE):
+        search(queries[i:i + 1], K)
+    single = SINGLE / (time.perf_counter() - t)
+    t = time.perf_counter()
+    _, ids = search(queries, K)
+    return single, len(queries) / (time.perf_counter() - t), ids
+
+
+def phase_ours_search(work: Path, queries: np.ndarray, exact: np.ndarray) -> None:
+    from nearest_prompt.common.topk import recall_at_k
+    from nearest_prompt.index_store.reader import read_index
+    from nearest_prompt.index_store.refine import RefinedIndex
+
+    out = work / "ours"
+    info = json.loads((out / "info.json").read_text())
+    index = read_index(out / "index.faiss", ondisk=info["type"].startswith("ivf"))
+    if info["params"].get("refine"):
+        index = RefinedIndex(index, np.load(out / "vectors.npy", mmap_mode="r"), k_factor=info["params"]["k_factor"])
+    single, batch, ids = _time_search(index.search, queries)
+    n = info["ntotal"]
+    disk = sum(p.stat().st_size for p in out.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy"))
+    _emit(recall_at_10=recall_at_k(ids, exact), search_rss_gib=_vmhwm() / 2**30, single_qps=single, batch_qps=batch,
+          ram_bytes_per_vector=info["ram_bytes"] / n, disk_bytes_per_vector=disk / n,
+          method=f"ours: {info['type']} {info['params']}")
+
+
+AUTOFAISS_BUILD = """
+import json, sys, time
+from autofaiss import build_index
+data, out, budget, cores = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+t = time.perf_counter()
+build_index(embeddings=data, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
+            max_index_memory_usage=budget + "G", current_memory_available="20G", metric_type="ip", nb_cores=cores,
+            verbose=30)
+seconds = time.perf_counter() - t
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print("RESULT " + json.dumps({"build_s": seconds, "build_rss_gib": int(hwm) * 1024 / 2**30}), flush=True)
+"""
+
+AUTOFAISS_SEARCH = """
+import json, os, sys, time
+import numpy as np, faiss
+out, queries, exact, single_n = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3]), int(sys.argv[4])
+infos = json.load(open(out + "/infos.json"))
+index = faiss.read_index(out + "/knn.index")
+faiss.ParameterSpace().set_index_parameters(index, infos["index_param"])
+index.search(queries[:5], 10)
+t = time.perf_counter()
+for i in range(single_n):
+    index.search(queries[i:i + 1], 10)
+single = single_n / (time.perf_counter() - t)
+t = time.perf_counter()
+_, ids = index.search(queries, 10)
+batch = len(queries) / (time.perf_counter() - t)
+recall = float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ids.tolist(), exact.tolist())]))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+n = index.ntotal
+size = os.path.getsize(out + "/knn.index")
+print("RESULT " + json.dumps({"recall_at_10": recall, "single_qps": single, "batch_qps": batch,
+      "search_rss_gib": int(hwm) * 1024 / 2**30, "ram_bytes_per_vector": size / n, "disk_bytes_per_vector": size / n,
+      "method": "autofaiss " + infos["index_key"] + " " + infos["index_param"]}), flush=True)
+"""
+
+
+def _run(cmd: list[str], **kw) -> dict:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    found = [json.loads(line[7:]) for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    if p.returncode or not found:
+        raise SystemExit(f"{cmd[:4]} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    sys.stderr.write(p.stderr[-2000:])
+    return found[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, required=True)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--memory-budget", type=float, default=4.0, metavar="GB")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--work", default="runs/bench_scale")
+    ap.add_argument("--methods", default="ours,autofaiss,exact")
+    ap.add_argument("--autofaiss-python", default="runs/autofaiss-venv/bin/python")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    work = Path(a.work) / f"{a.rows}x{a.dim}"
+    paths, queries = make_data(work, a.rows, a.dim, a.queries)
+    if a.phase:
+        exact, _ = ground_truth(work, paths, queries) if a.phase in ("exact", "ours-search") else (None, 0)
+        {"exact": lambda: phase_exact(work, paths, queries),
+         "ours-build": lambda: phase_ours_build(work, paths, a.memory_budget),
+         "ours-search": lambda: phase_ours_search(work, queries, exact)}[a.phase]()
+        return
+    import faiss
+
+    me = [sys.executable, __file__, "--rows", str(a.rows), "--dim", str(a.dim), "--memory-budget",
+          str(a.memory_budget), "--queries", str(a.queries), "--work", a.work, "--json", a.json]
+    exact, _ = ground_truth(work, paths, queries)
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+               "date": time.strftime("%Y-%m-%d"), "faiss": faiss.__version__, "rows": a.rows, "dim": a.dim,
+               "memory_budget_gib": a.memory_budget, "queries": a.queries, "data": "synthetic clustered unit vectors",
+               "methods": {}}
+    methods = a.methods.split(",")
+    if "exact" in methods:
+        results["methods"]["exact"] = _run(me + ["--phase", "exact"])
+    if "ours" in methods:
+        built = _run(me + ["--phase", "ours-build"])
+        searched = _run(me + ["--phase", "ours-search"])
+        results["methods"]["ours"] = {**{k: v for k, v in built.items() if k != "info"}, **searched}
+    if "autofaiss" in methods:
+        out = work / "autofaiss"
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(work / "queries.npy", queries)
+        np.save(work / "exact.npy", exact)
+        built = _run([a.autofaiss_python, "-c", AUTOFAISS_BUILD, str(work / "data"), str(out),
+                      f"{a.memory_budget:g}", str(os.cpu_count())])
+        searched = _run([a.autofaiss_python, "-c", AUTOFAISS_SEARCH, str(out), str(work / "queries.npy"),
+                         str(work / "exact.npy"), str(SINGLE)])
+        results["methods"]["autofaiss"] = {**built, **searched}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(results, indent=2))
+    print(f"{a.rows:,} x {a.dim}, memory budget {a.memory_budget:g} GiB, {a.queries} queries, {results['machine']}, "
+          f"faiss {results['faiss']}, {results['date']}")
+    print("| method | recall@10 | build s | build RSS GiB | search RSS GiB | RAM B/vector | disk B/vector | "
+          "single q/s | batch q/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results["methods"].values():
+        print(f"| {r['method']} | {r['recall_at_10']:.3f} | {r['build_s']:.0f} | {r['build_rss_gib']:.2f} | "
+              f"{r['search_rss_gib']:.2f} | {r['ram_bytes_per_vector']:.0f} | {r['disk_bytes_per_vector']:.0f} | "
+              f"{r['single_qps']:,.0f} | {r['batch_qps']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
