@@ -10,6 +10,7 @@ CLIP_INDEX = "clip.faiss"
 MINILM_INDEX = "minilm.faiss"
 CLIP_VECTORS = "clip.npy"  # version 3: float16 [rows, d] unit CLIP text vectors (exact rescoring, fusion)
 FILES = (PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX)  # every version has these
+REMOVED = "removed.npy"  # version 3, once prompts are removed: bool [rows], True where a row was removed
 IVFDATA_SUFFIX = ".ivfdata"  # version 3: an IVF index's lists, in faiss's on-disk layout, beside its file
 
 # Search spaces: each has a FAISS index file and an entry in the manifest. A third space (a second CLIP

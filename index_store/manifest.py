@@ -31,6 +31,8 @@ class IndexInfo:
     recall_at_10: float | None = None
     ram_bytes: int | None = None  # resident when searching: codes, ids, quantizer (version 3)
     disk_bytes: int | None = None  # the index's files, and the vectors a refine stage pages in per query
+    imbalance: float | None = None  # IVF: faiss's imbalance factor of the lists now (1: all the same size)
+    imbalance_at_training: float | None = None  # ... when the lists were trained (rows added since drift it)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IndexInfo:

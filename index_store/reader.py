@@ -20,6 +20,7 @@ from nearest_prompt.common.quiet import c_stdout_silenced
 from nearest_prompt.encoders.clip import ClipInfo
 from nearest_prompt.encoders.minilm import MiniLMInfo
 
+from . import where
 from .format import (
     FILES,
     FORMAT_NAME,
@@ -30,6 +31,7 @@ from .format import (
     MANIFEST,
     MINILM,
     PROMPTS,
+    REMOVED,
     SPACES,
     VECTOR_FILES,
     files_of,
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 FULL_CHECK_MAX_BYTES = 256 << 20  # "auto" checksums files up to this size; above, sizes and a sampled block
 SCORE_TOLERANCE = 0.1  # unit vectors give inner products in [-1, 1]; quantised indexes stray a little
+WHERE_CACHE = 8  # filters whose row masks an open store keeps (a mask is one byte a row)
 VERIFY_HINT = "check it with 'nearest-prompt info --index {path} --verify', and rebuild it if that fails"
 
 
@@ -80,6 +83,48 @@ class Store:
     fragments: Fragments | None = None  # the fragment vocabulary (format version 2), None in version 1
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # space -> float16 [rows, d], memory-mapped
     # (version 3 keeps every space's; older stores only MiniLM's)
+    removed: np.ndarray | None = None  # bool [rows], True where a prompt was removed; None when none was
+
+    @property
+    def live(self) -> np.ndarray | None:
+        """bool [rows]: the rows a search may return (None: all of them)."""
+        return None if self.removed is None else ~self.removed
+
+    @property
+    def live_rows(self) -> int:
+        return self.rows - (0 if self.removed is None else int(self.removed.sum()))
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns kept beside each prompt (``build --columns``), in table order."""
+        return where.columns_of(self.table)
+
+    def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """The kept columns of rows ``ids`` as one dict per row (``{}`` for -1 and when none are kept)."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        names = self.columns
+        if not names:
+            return [{} for _ in ids]
+        valid = ids >= 0
+        part = self.table.select(names).take(pa.array(np.where(valid, ids, 0))).to_pylist()
+        return [{k: _plain(v) for k, v in row.items()} if ok else {} for row, ok in zip(part, valid.tolist())]
+
+    def allowed(self, where_expr: str | None = None) -> np.ndarray | None:
+        """bool [rows]: the rows a search may return, live and matching ``where_expr`` (``index_store.where``);
+        None when every row may be returned."""
+        if where_expr is None:
+            return self.live
+        keep = self._where_cache.get(where_expr)
+        if keep is None:
+            keep = where.mask(self.table, where_expr)
+            if len(self._where_cache) >= WHERE_CACHE:
+                self._where_cache.pop(next(iter(self._where_cache)))
+            self._where_cache[where_expr] = keep
+        return keep if self.removed is None else keep & ~self.removed
+
+    @functools.cached_property
+    def _where_cache(self) -> dict[str, np.ndarray]:
+        return {}
 
     @property
     def rows(self) -> int:
@@ -138,6 +183,11 @@ class Store:
                     else f"similarity {float(s[bad_scores][0])!r}, impossible for unit vectors")
             raise StoreError(f"index store {self.path}: {INDEX_FILES[space]} returned {what}: the file is "
                              f"damaged; " + VERIFY_HINT.format(path=self.path))
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value as JSON writes it (dates and times as ISO text)."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
 
 
 def _fail(path: Path, what: str) -> StoreError:
@@ -311,8 +361,17 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
             raise _fail(path, what + "; rebuild the store")
     _check_ids(path, PROMPTS, table, rows)
     fragments = _open_fragments(path, manifest) if manifest.fragments is not None else None
+    removed = None
+    if REMOVED in manifest.files:
+        try:
+            removed = np.load(path / REMOVED)
+        except (ValueError, OSError) as e:
+            raise _fail(path, f"{REMOVED} is unreadable ({e}); rebuild the store") from e
+        if removed.shape != (rows,) or removed.dtype != np.bool_:
+            raise _fail(path, f"{REMOVED} has shape {removed.shape} of {removed.dtype}, expected ({rows},) of bool; "
+                              "rebuild the store")
     return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes, fragments=fragments,
-                 vectors=vectors)
+                 vectors=vectors, removed=removed)
 
 
 def _open_index(path: Path, manifest: Manifest, space: str, vectors: np.ndarray | None, *,

@@ -89,26 +89,38 @@ class StoreWriter:
         if not self._committed:
             shutil.rmtree(self.staging, ignore_errors=True)
 
-    def write_prompts(self, prompts: Sequence[str] | pa.Array | pa.ChunkedArray | Iterator[pa.Array]) -> int:
-        """Write the prompt table (row id, prompt) from prompts, or from an iterator of Arrow string
-        blocks given in order (streamed: one block in memory at a time). Returns the row count."""
+    def write_prompts(self, prompts: Sequence[str] | pa.Array | pa.ChunkedArray | Iterator[pa.Array | pa.RecordBatch]
+                      ) -> int:
+        """Write the prompt table (row id, prompt, and the columns kept beside the prompts) from prompts, or
+        from an iterator of Arrow string blocks or record batches (prompt first) given in order (streamed: one
+        block in memory at a time). Returns the row count."""
         if isinstance(prompts, pa.ChunkedArray):
-            blocks: Iterable[pa.Array] = prompts.chunks
+            blocks: Iterable[pa.Array | pa.RecordBatch] = prompts.chunks
         elif isinstance(prompts, pa.Array):
             blocks = [prompts]
         elif isinstance(prompts, Iterator):
             blocks = prompts
         else:
             blocks = [pa.array(list(prompts), type=pa.string())]
-        schema = pa.schema([("id", pa.int64()), ("prompt", pa.string())])  # the store's own (with ids)
         rows = 0
-        with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for block in blocks:
-                for start in range(0, len(block), 65536):
-                    part = block.slice(start, 65536)
-                    ids = pa.array(np.arange(rows, rows + len(part), dtype=np.int64))
-                    writer.write_batch(pa.record_batch([ids, part], schema=schema))
-                    rows += len(part)
+        writer = None
+        with pa.OSFile(str(self.staging / PROMPTS), "wb") as sink:
+            try:
+                for block in blocks:
+                    batch = block if isinstance(block, pa.RecordBatch) else pa.record_batch([block], names=["prompt"])
+                    schema = pa.schema([("id", pa.int64()), *batch.schema])  # the store's own (with ids)
+                    if writer is None:
+                        writer = pa.ipc.new_file(sink, schema)
+                    for start in range(0, batch.num_rows, 65536):
+                        part = batch.slice(start, 65536)
+                        ids = pa.array(np.arange(rows, rows + part.num_rows, dtype=np.int64))
+                        writer.write_batch(pa.record_batch([ids, *part.columns], schema=schema))
+                        rows += part.num_rows
+                if writer is None:
+                    writer = pa.ipc.new_file(sink, pa.schema([("id", pa.int64()), ("prompt", pa.string())]))
+            finally:
+                if writer is not None:
+                    writer.close()
         return rows
 
     def write_minilm(self, blocks: Iterable[np.ndarray], *, rows: int, dim: int) -> None:

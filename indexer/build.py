@@ -44,7 +44,7 @@ from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .fragments import mine_fragments
 from .prompt_file import PromptFile, write_prompt_file
-from .readers import Source, check_sources, holds_prompts
+from .readers import Source, check_sources, holds_prompts, meta_columns
 from .shards import ShardedMatrix, float_blocks
 from .workdir import WorkDir
 
@@ -74,7 +74,8 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
     config = (config or BuildConfig()).validate()
     device = resolve_device(device)
     out = index_store.check_target(out)
-    sources = check_sources(list(prompt_files), column=config.column, delimiter=config.delimiter)
+    sources = check_sources(list(prompt_files), column=config.column, delimiter=config.delimiter,
+                            columns=config.columns)
     check_folder_writable(out.parent, param="out")
     if not any(holds_prompts(s) for s in sources):
         raise InputError(f"no usable prompts in {', '.join(str(s.path) for s in sources)} (every value is empty or "
@@ -184,7 +185,7 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     t = time.perf_counter()
     indexes: dict[str, IndexInfo] = {}
     with index_store.StoreWriter(out) as writer:
-        writer.write_prompts(kept_prompts.blocks())
+        writer.write_prompts(kept_prompts.batches())
         writer.write_minilm(_kept_rows(minilm_all, kept, progress), rows=len(kept), dim=minilm_all.dim)
         clip_all = ShardedMatrix(clip_paths)
         writer.write_matrix(writer.vectors_path("clip").name, (b for _, b in float_blocks(clip_all, 65_536)),
@@ -205,7 +206,7 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
             del matrix
             _return_free_memory()
         _stage("fragment_indexes")
-        fragment_info = _write_fragments(writer, fragments, fragment_stats, fragment_paths, dims=dims,
+        fragment_info = write_fragments(writer, fragments, fragment_stats, fragment_paths, dims=dims,
                                          seed=config.seed, map_blocks=engine.map_blocks)
         _stage("commit")
         timings["index"] = time.perf_counter() - t
@@ -246,8 +247,8 @@ def _read_stage(work: Path, sources: list[Source], config: BuildConfig,
     stats_path = work / "clean_stats.json"
     if not (done.is_file() and stats_path.is_file()):
         dedup = ExactDedup(sources, folder=work / "exact_dedup", limit=config.limit, progress=progress,
-                           total=_known_rows(sources))
-        write_prompt_file(done, dedup.blocks())
+                           total=_known_rows(sources), columns=meta_columns(sources))
+        write_prompt_file(done, dedup.batches())
         stats = dedup.stats.to_dict()
         if not stats["unique"]:
             done.unlink()
@@ -309,7 +310,7 @@ def _fragment_stage(work: Path, prompts: PromptFile, config: BuildConfig,
     return PromptFile(done), json.loads(meta.read_text())
 
 
-def _write_fragments(writer: index_store.StoreWriter, fragments: PromptFile, meta: dict[str, Any],
+def write_fragments(writer: index_store.StoreWriter, fragments: PromptFile, meta: dict[str, Any],
                      paths: dict[str, list[Path]], *, dims: dict[str, int], seed: int,
                      map_blocks: Any) -> FragmentsInfo:
     """The vocabulary's table, its float16 vectors per space and a FAISS index over each (planned like the

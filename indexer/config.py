@@ -23,6 +23,7 @@ class BuildConfig:
     minilm_model: str = DEFAULT_MINILM
     column: str | None = None  # None: "prompt" for parquet, CSV and JSONL
     delimiter: str | None = None  # CSV only; None: the first of , ; tab | whose header holds the column
+    columns: tuple[str, ...] | None = None  # kept beside each prompt; None: every column but the prompt's
     limit: int | None = None  # keep the first N unique prompts read
     near_dup_threshold: float | None = DEFAULT_NEAR_DUP_THRESHOLD  # None disables near-dedup
     batch_size: int = 64
@@ -43,6 +44,9 @@ class BuildConfig:
     RUN_OPTIONS = ("engine", "ray_address", "workers", "gpus_per_worker")
 
     def validate(self) -> BuildConfig:
+        if self.columns is not None and (isinstance(self.columns, str) or not all(isinstance(c, str) and c
+                                                                              for c in self.columns)):
+            raise InputError(f"columns must be a sequence of column names, got {self.columns!r}", param="columns")
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be at least 1, got {self.limit}", param="limit")
         if self.near_dup_threshold is not None and not 0.0 < self.near_dup_threshold <= 1.0:

@@ -37,8 +37,9 @@ import pyarrow as pa
 from nearest_prompt.common.progress import progress_bar
 from nearest_prompt.common.text import CleanStats, clean_prompt, dedup_key
 
+from . import metadata
 from .prompt_file import SCHEMA  # one string column; here with nulls where a value is not text
-from .readers import Source, iter_values
+from .readers import Source, iter_batches
 
 BUCKETS = 256
 RECORD = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("pos", "<i8")])
@@ -54,7 +55,7 @@ class ExactDedup:
     """
 
     def __init__(self, sources: list[Source], *, folder: str | Path, limit: int | None = None,
-                 progress: bool = False, total: int | None = None):
+                 progress: bool = False, total: int | None = None, columns: dict[str, str] | None = None):
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self.sources = sources
@@ -62,12 +63,20 @@ class ExactDedup:
         self.limit = limit
         self.progress = progress
         self.total = total  # values in the sources, when known (progress bars)
+        self.columns = dict(columns or {})  # kept beside the prompts: name -> type (indexer.metadata)
+        self.schema = pa.schema([SCHEMA.field(0), *metadata.schema_of(self.columns)])
         self.stats = CleanStats()
         self.scanned = 0  # values pass 1 read (more than ``stats.values_read`` where a limit stopped pass 2)
         self._runs: list[np.ndarray] = []  # per run: where each bucket starts in the records file
         self._written = 0  # records in the records file
 
     def blocks(self) -> Iterator[pa.StringArray]:
+        """The unique prompts, in order, a block at a time."""
+        for batch in self.batches():
+            yield batch.column(0)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The unique prompts and their kept columns (``columns``), in order, a record batch at a time."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
         self._runs, self._written = [], 0
@@ -76,7 +85,7 @@ class ExactDedup:
             with open(self.folder / "records.bin", "w+b") as records:
                 with open(self.folder / "codes.bin", "wb") as codes, \
                         pa.OSFile(str(self.folder / "text.arrow"), "wb") as sink, \
-                        pa.ipc.new_stream(sink, SCHEMA) as text:
+                        pa.ipc.new_stream(sink, self.schema) as text:
                     self.scanned = self._read(records=records, codes=codes, text=text)
                 codes_map = self._mark_first(records)
             yield from self._kept(codes_map)
@@ -87,20 +96,23 @@ class ExactDedup:
     def _read(self, *, records: BinaryIO, codes: BinaryIO, text: pa.ipc.RecordBatchStreamWriter) -> int:
         """Every value read: its code, its cleaned text, and a record for each text value, a run per
         batch; returns the values read (all of them, or with a limit as few as hold ``limit`` distinct)."""
-        batches = chain.from_iterable(iter_values(s) for s in self.sources)
+        names = list(self.columns)
+        batches = ((s, values, meta) for s in self.sources for values, meta in iter_batches(s, names))
         n = 0
         target = self.limit
-        rest: list[Any] = []  # values of a batch beyond the last target, read in the next round
+        rest: tuple[Any, ...] = ()  # a batch's part beyond the last target, read in the next round
         def goal() -> int | None:  # what this round reads at most: the bar counts towards it
             return target if self.total is None else self.total if target is None else min(target, self.total)
 
         with progress_bar(total=goal(), desc="dedup 1/2", enabled=self.progress) as bar:
             while True:
-                for values in chain([rest] if rest else [], batches):
-                    rest = []
+                for source, values, meta in chain([rest] if rest else [], batches):
+                    rest = ()
                     if target is not None and n + len(values) > target:
-                        values, rest = values[:target - n], values[target - n:]
-                    self._append(values, start=n, records=records, codes=codes, text=text)
+                        cut = target - n
+                        rest = (source, values[cut:], {k: v[cut:] for k, v in meta.items()})
+                        values, meta = values[:cut], {k: v[:cut] for k, v in meta.items()}
+                    self._append(values, meta, source, start=n, records=records, codes=codes, text=text)
                     n += len(values)
                     bar.update(len(values))
                     if n == target:
@@ -114,13 +126,18 @@ class ExactDedup:
                 bar.total = goal()
                 bar.refresh()
 
-    def _append(self, values: list[Any], *, start: int, records: BinaryIO, codes: BinaryIO,
-                text: pa.ipc.RecordBatchStreamWriter) -> None:
+    def _append(self, values: list[Any], meta: dict[str, Any], source: Source, *, start: int, records: BinaryIO,
+                codes: BinaryIO, text: pa.ipc.RecordBatchStreamWriter) -> None:
         cleaned = [clean_prompt(v) for v in values]
         code = np.array([DUPLICATE if t is not None else EMPTY if isinstance(v, str) else NOT_TEXT
                          for v, t in zip(values, cleaned)], dtype=np.uint8)
         codes.write(code.tobytes())
-        text.write_batch(pa.record_batch([pa.array(cleaned, type=pa.string())], schema=SCHEMA))
+        columns = [pa.array(cleaned, type=pa.string())]
+        for name, kind in self.columns.items():
+            given = meta.get(name)
+            columns.append(metadata.typed(given, kind, name=name, where=str(source.path)) if given is not None
+                           else pa.nulls(len(values), metadata.arrow_type(kind)))
+        text.write_batch(pa.record_batch(columns, schema=self.schema))
         pos = np.flatnonzero(code == DUPLICATE)
         if not len(pos):
             return
@@ -157,7 +174,7 @@ class ExactDedup:
         return codes
 
     # pass 2 ---------------------------------------------------------------------------------
-    def _kept(self, codes: np.ndarray) -> Iterator[pa.StringArray]:
+    def _kept(self, codes: np.ndarray) -> Iterator[pa.RecordBatch]:
         st = self.stats
         pos = 0
         with pa.OSFile(str(self.folder / "text.arrow"), "rb") as source, \
@@ -179,7 +196,7 @@ class ExactDedup:
                 if counts[FIRST]:
                     keep = np.zeros(batch.num_rows, dtype=bool)
                     keep[:len(code)] = code == FIRST
-                    yield batch.column(0).filter(pa.array(keep))
+                    yield batch.filter(pa.array(keep))
                 if len(code) < batch.num_rows or (self.limit is not None and st.unique >= self.limit):
                     return
 

@@ -31,7 +31,7 @@ from nearest_prompt.common.quiet import c_stdout_silenced
 from nearest_prompt.common.topk import exact_knn, recall_at_k
 from nearest_prompt.index_store.refine import rerank
 
-from .ivf_blocks import BoundedIVF, MapBlocks, ivfdata_path, write_ondisk
+from .ivf_blocks import BoundedIVF, MapBlocks, append_ondisk, imbalance, ivfdata_path, open_ivf, write_ondisk
 from .shards import ShardedMatrix, float_blocks
 
 log = logging.getLogger(__name__)
@@ -194,18 +194,103 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
         else:
             recall = 1.0
         faiss.write_index(index, str(path))
-    files = [Path(path)] + ([ivfdata_path(path)] if plan.type in IVF_TYPES else [])
-    info = {"type": plan.type, "params": params, "factory": type(faiss.downcast_index(index)).__name__,
-            "metric": "inner_product", "dim": d, "ntotal": int(n), "recall_at_10": round(recall, 4),
-            "ram_bytes": int(IndexPlan(plan.type, params).estimated_bytes(n, d)),
-            "disk_bytes": int(sum(f.stat().st_size for f in files) + IndexPlan(plan.type, params).disk_bytes(n, d))}
+    info = _info(path, plan.type, params, type(faiss.downcast_index(index)).__name__, n, d, recall)
+    if plan.type in IVF_TYPES:
+        info["imbalance_at_training"] = info["imbalance"]
     log.debug("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
-    if recall < TARGET_RECALL:
-        finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(plan.type)
-        log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
-                    plan.type, recall, TARGET_RECALL,
-                    f"; raise memory_budget_gb (--memory-budget) or choose index_type {finer}" if finer else "")
+    _warn_recall(plan.type, recall)
     return info
+
+
+def _info(path: str | Path, kind: str, params: dict[str, Any], factory: str, n: int, d: int,
+          recall: float) -> dict[str, Any]:
+    """The manifest entry of an index file written at ``path``."""
+    files = [Path(path)] + ([ivfdata_path(path)] if kind in IVF_TYPES else [])
+    plan = IndexPlan(kind, params)
+    info = {"type": kind, "params": params, "factory": factory, "metric": "inner_product", "dim": d,
+            "ntotal": int(n), "recall_at_10": round(recall, 4), "ram_bytes": int(plan.estimated_bytes(n, d)),
+            "disk_bytes": int(sum(f.stat().st_size for f in files) + plan.disk_bytes(n, d))}
+    if kind in IVF_TYPES:
+        info["imbalance"] = round(imbalance(open_ivf(path)), 4)
+    return info
+
+
+def _warn_recall(kind: str, recall: float) -> None:
+    if recall < TARGET_RECALL:
+        finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(kind)
+        log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
+                    kind, recall, TARGET_RECALL,
+                    f"; raise memory_budget_gb (--memory-budget) or choose index_type {finer}" if finer else "")
+
+
+def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMatrix | np.ndarray, *,
+                 path: str | Path, all_vectors: ShardedMatrix | np.ndarray, seed: int = 0,
+                 map_blocks: MapBlocks | None = None, refine_path: str | Path | None = None,
+                 final_path: str | Path | None = None) -> dict[str, Any]:
+    """The index file ``old_path`` (manifest entry ``info``) with the rows of ``vectors`` added after its own,
+    without retraining, written to ``path``: IVF lists copied with the new rows appended (``append_ondisk``);
+    flat and HNSW read, added to and written. Recall@10 is measured again on ``all_vectors`` (every row, old
+    and new: the oracle) at the recorded knobs; below the target they are tuned again, as at build. Returns
+    the new manifest entry (``imbalance_at_training`` kept from ``info``). ``old_path`` is only read."""
+    import faiss
+
+    kind, params = info["type"], dict(info["params"])
+    n, d = all_vectors.shape
+    rng = np.random.default_rng(seed)
+    if kind in IVF_TYPES:
+        append_ondisk(old_path, vectors, path, map_blocks=map_blocks, final_path=final_path)
+        refine = np.load(refine_path, mmap_mode="r") if params.get("refine") else None
+        searcher = BoundedIVF(path)
+        queries, exact = _recall_queries(all_vectors, rng)
+        recall = _ivf_recall(searcher, params, queries, exact, refine)
+        if recall < TARGET_RECALL:
+            log.info("recall@10 fell to %.3f with the added rows: tuning the search knobs again", recall)
+            recall = _tune_ivf(searcher, IndexPlan(kind, params), params, all_vectors, rng, refine)
+            _write_knobs(path, params, final_path=final_path)
+        opened = open_ivf(path)  # kept alive while its inner index is looked at
+        factory = type(faiss.downcast_index(faiss.extract_index_ivf(opened))).__name__
+        del opened
+    else:
+        index = faiss.read_index(str(old_path))
+        for _, block in float_blocks(vectors, ADD_CHUNK):
+            index.add(block)
+        recall = 1.0
+        if kind == "hnsw":
+            def search(q: np.ndarray, k: int, value: int):
+                faiss.downcast_index(index).hnsw.efSearch = value
+                return index.search(q, k)
+            queries, exact = _recall_queries(all_vectors, rng)
+            recall = recall_at_k(search(queries, exact.shape[1], params["efSearch"])[1], exact)
+            if recall < TARGET_RECALL:
+                log.info("recall@10 fell to %.3f with the added rows: tuning efSearch again", recall)
+                recall = _raise_until(search, exact, queries, EF_SEARCHES, params, "efSearch")
+            faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
+        faiss.write_index(index, str(path))
+        factory = type(faiss.downcast_index(index)).__name__
+    out = _info(path, kind, params, factory, n, d, recall)
+    if kind in IVF_TYPES:
+        out["imbalance_at_training"] = info.get("imbalance_at_training") or info.get("imbalance")
+    _warn_recall(kind, recall)
+    return out
+
+
+def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], queries: np.ndarray, exact: np.ndarray,
+                refine: np.ndarray | None) -> float:
+    """Recall@10 of an IVF index file at the knobs in ``params``."""
+    import faiss
+
+    k = exact.shape[1]
+
+    def configure(index: Any) -> None:
+        if params.get("quantizer") == "hnsw":
+            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = params.get(
+                "quantizer_ef", max(64, 2 * params["nprobe"]))
+
+    if refine is None:
+        return recall_at_k(searcher.search(queries, k, nprobe=params["nprobe"], configure=configure)[1], exact)
+    kk = min(searcher.ntotal, params["k_factor"] * k)
+    _, cand = searcher.search(queries, kk, nprobe=params["nprobe"], configure=configure)
+    return recall_at_k(rerank(refine, queries, cand, k)[1], exact)
 
 
 def train_ivf(index: Any, vectors: ShardedMatrix | np.ndarray, *, rng: np.random.Generator) -> None:
@@ -239,7 +324,6 @@ def _write_knobs(path: str | Path, params: dict[str, Any], *, final_path: str | 
     """The tuned nprobe (and the HNSW quantizer's efSearch) into the index file's header."""
     import faiss
 
-    from .ivf_blocks import open_ivf
 
     with c_stdout_silenced():
         index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)

@@ -59,46 +59,95 @@ def _as_index(index: Any) -> Any:
     return faiss.clone_index(index)
 
 
-def add_block(index: Any, vectors: ShardedMatrix | np.ndarray, start: int, stop: int, path: str) -> str:
-    """Rows ``start:stop`` added (ids = rows) to a copy of the trained ``index``, written to ``path``."""
+def add_block(index: Any, vectors: ShardedMatrix | np.ndarray, start: int, stop: int, path: str,
+              first_id: int = 0) -> str:
+    """Rows ``start:stop`` added (ids = ``first_id`` + rows) to a copy of the trained ``index``, written to
+    ``path``."""
     import faiss
 
     block = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
     filled = _as_index(index)
-    filled.add_with_ids(block, np.arange(start, stop, dtype=np.int64))
+    filled.add_with_ids(block, np.arange(first_id + start, first_id + stop, dtype=np.int64))
     faiss.write_index(filled, path)
     return path
 
 
 def write_ondisk(path: str | Path, index: Any, vectors: ShardedMatrix | np.ndarray, *,
-                 map_blocks: MapBlocks | None = None, final_path: str | Path | None = None) -> None:
+                 map_blocks: MapBlocks | None = None, final_path: str | Path | None = None,
+                 before: Any = None) -> None:
     """Write ``index`` (trained, empty) filled with every row of ``vectors`` to ``path`` and its lists to
     ``ivfdata_path(path)``. ``final_path``: where ``path`` will live once its folder is moved into place (the
-    lists file's name recorded in the header; a store opened elsewhere relocates it to its own folder)."""
+    lists file's name recorded in the header; a store opened elsewhere relocates it to its own folder).
+    ``before``: an index of the same training whose rows come first (``append_ondisk``); the rows of
+    ``vectors`` then get the ids after its own."""
     import faiss
-    from faiss.contrib.ondisk import merge_ondisk
 
     path = Path(path)
     n = len(vectors)
+    first_id = 0 if before is None else int(before.ntotal)
     blocks = temp_sibling(path)
     blocks.mkdir()
     try:
-        tasks = [(s, min(s + ADD_CHUNK, n), str(blocks / f"{i:05d}.index")) for i, s in enumerate(range(0, n, ADD_CHUNK))]
+        tasks = [(s, min(s + ADD_CHUNK, n), str(blocks / f"{i:05d}.index"), first_id)
+                 for i, s in enumerate(range(0, n, ADD_CHUNK))]
         written = list((map_blocks or map_here)(add_block, (index, vectors), tasks))
-        merged = faiss.clone_index(index)
+        merged = _as_index(index)
         data = ivfdata_path(path)
         with c_stdout_silenced():  # faiss says "resizing FILE to N bytes" on stdout
-            if written:
-                merge_ondisk(merged, written, str(data))
-            else:  # no rows: an empty lists file
-                ivf = faiss.extract_index_ivf(merged)
-                ivf.replace_invlists(faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(data)), True)
+            _merge(merged, ([] if before is None else [before]) + written, data)
         if final_path is not None:
             faiss.downcast_InvertedLists(faiss.extract_index_ivf(merged).invlists).filename = \
                 str(ivfdata_path(final_path))
         faiss.write_index(merged, str(path))
     finally:
         shutil.rmtree(blocks, ignore_errors=True)
+
+
+def _merge(merged: Any, parts: list[Any], data: Path) -> None:
+    """The lists of ``parts`` (index files, or opened indexes), in order, into one ``OnDiskInvertedLists``
+    file ``data`` owned by ``merged`` (trained, empty): ``faiss.contrib.ondisk.merge_ondisk``, which takes
+    files only, with opened indexes too."""
+    import faiss
+
+    opened = [faiss.read_index(p, faiss.IO_FLAG_MMAP) if isinstance(p, str) else p for p in parts]
+    lists = faiss.InvertedListsPtrVector()
+    for index in opened:
+        lists.push_back(faiss.extract_index_ivf(index).invlists)
+    ivf = faiss.extract_index_ivf(merged)
+    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(data))
+    ntotal = invlists.merge_from_multiple(lists.data(), lists.size(), False) if opened else 0
+    merged.ntotal = ivf.ntotal = ntotal
+    ivf.replace_invlists(invlists, True)
+    invlists.this.disown()
+    del opened
+
+
+def append_ondisk(old_path: str | Path, vectors: ShardedMatrix | np.ndarray, path: str | Path, *,
+                  map_blocks: MapBlocks | None = None, final_path: str | Path | None = None) -> None:
+    """A copy of the IVF index file ``old_path`` (lists on disk or in the file) with the rows of ``vectors``
+    added after its own, without retraining: its quantizer and encoder assign and encode them, its lists are
+    copied with the new rows appended, into ``path`` and ``ivfdata_path(path)``. ``old_path`` is only read."""
+    import faiss
+
+    old_path = Path(old_path)
+    ondisk = ivfdata_path(old_path).is_file()
+    before = read_index(old_path, ondisk=ondisk)
+    trained = read_index(old_path, ondisk=ondisk)  # a second opening, emptied: the trained, empty index
+    ivf = faiss.extract_index_ivf(trained)
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)
+    empty.this.disown()  # the index owns it now
+    trained.ntotal = ivf.ntotal = 0
+    write_ondisk(path, faiss.serialize_index(trained), vectors, map_blocks=map_blocks, final_path=final_path,
+                 before=before)
+
+
+def imbalance(index: Any) -> float:
+    """faiss's imbalance factor of an IVF index's lists (1: all lists the same size; a search scans about
+    this many times the rows a balanced index would)."""
+    import faiss
+
+    return float(faiss.extract_index_ivf(index).invlists.imbalance_factor())
 
 
 def open_ivf(path: str | Path) -> Any:

@@ -1,8 +1,8 @@
-"""The build's prompts on disk: an Arrow IPC file of one string column, read a slice at a time.
+"""The build's prompts on disk: an Arrow IPC file whose first column is the prompt (the columns kept beside
+the prompts follow it), read a slice at a time.
 
-The build never holds the whole corpus's text: each stage reads the rows it
-works on (plain reads, no memory map, so nothing stays resident after) and
-filtered copies are written batch by batch.
+The build never holds the whole corpus's text: each stage reads the rows it works on (plain reads, no memory
+map, so nothing stays resident after) and filtered copies are written batch by batch.
 """
 
 from __future__ import annotations
@@ -15,34 +15,52 @@ import pyarrow as pa
 
 from nearest_prompt.common.atomic import atomic_path
 
-SCHEMA = pa.schema([("prompt", pa.string())])
+SCHEMA = pa.schema([("prompt", pa.string())])  # the first column of every prompt file
 
 
-def write_prompt_file(path: Path, blocks: Iterable[pa.Array | list[str]]) -> int:
-    """Write ``blocks`` of prompts to ``path`` atomically (via a temporary sibling); returns the row count."""
+def write_prompt_file(path: Path, blocks: Iterable[pa.RecordBatch | pa.Array | list[str]]) -> int:
+    """Write ``blocks`` (record batches whose first column is the prompt, or prompts alone) to ``path``
+    atomically (via a temporary sibling); returns the row count."""
     rows = 0
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
-        for block in blocks:
-            array = block if isinstance(block, pa.Array) else pa.array(block, type=pa.string())
-            writer.write_batch(pa.record_batch([array], schema=SCHEMA))
-            rows += len(array)
+    writer = None
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink:
+        try:
+            for block in blocks:
+                batch = block if isinstance(block, pa.RecordBatch) else pa.record_batch(
+                    [block if isinstance(block, pa.Array) else pa.array(block, type=pa.string())], schema=SCHEMA)
+                if writer is None:
+                    writer = pa.ipc.new_file(sink, batch.schema)
+                writer.write_batch(batch)
+                rows += batch.num_rows
+            if writer is None:
+                writer = pa.ipc.new_file(sink, SCHEMA)
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 
 class PromptFile:
-    """Read-only, row-sliceable view of a prompt file: ``len``, ``[a:b]`` (an Arrow column) and ``blocks()``."""
+    """Read-only, row-sliceable view of a prompt file: ``len``, ``[a:b]`` (the prompt column, Arrow),
+    ``blocks()`` (the prompts), ``batches()`` (with the kept columns) and ``take_rows``."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         with pa.OSFile(str(self.path), "rb") as f:
             reader = pa.ipc.open_file(f)
-            if reader.schema != SCHEMA:
+            if not reader.schema.names or reader.schema.field(0) != SCHEMA.field(0):
                 raise ValueError(f"{self.path} is not a prompt file (schema {reader.schema})")
+            self.schema = reader.schema
             lengths = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
         self.offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns kept beside the prompts."""
+        return self.schema.names[1:]
 
     def __getitem__(self, key: slice) -> pa.ChunkedArray:
         if not isinstance(key, slice):
@@ -63,16 +81,21 @@ class PromptFile:
                 b += 1
         return pa.chunked_array(parts, type=pa.string())
 
-    def blocks(self) -> Iterator[pa.Array]:
-        """Every batch in order, one read at a time."""
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every batch in order (the prompt and the kept columns), one read at a time."""
         with pa.OSFile(str(self.path), "rb") as f:
             reader = pa.ipc.open_file(f)
             for b in range(reader.num_record_batches):
-                yield reader.get_batch(b).column(0)
+                yield reader.get_batch(b)
 
-    def take_rows(self, keep: np.ndarray) -> Iterator[pa.Array]:
-        """Blocks of the rows where the boolean mask ``keep`` (one entry per row) is true, in order."""
+    def blocks(self) -> Iterator[pa.Array]:
+        """The prompts of every batch in order, one read at a time."""
+        for batch in self.batches():
+            yield batch.column(0)
+
+    def take_rows(self, keep: np.ndarray) -> Iterator[pa.RecordBatch]:
+        """Batches of the rows where the boolean mask ``keep`` (one entry per row) is true, in order."""
         if keep.shape != (len(self),):
             raise ValueError(f"keep mask of shape {keep.shape} for {len(self)} prompts")
-        for b, block in enumerate(self.blocks()):
-            yield block.filter(pa.array(keep[self.offsets[b]:self.offsets[b + 1]]))
+        for b, batch in enumerate(self.batches()):
+            yield batch.filter(pa.array(keep[self.offsets[b]:self.offsets[b + 1]]))

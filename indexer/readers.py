@@ -7,12 +7,14 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nearest_prompt.common.errors import InputError
+
+from . import metadata
 
 DEFAULT_COLUMN = "prompt"
 BATCH = 65_536
@@ -33,11 +35,12 @@ class Source:
     kind: str
     column: str | None  # None for plain text
     delimiter: str | None = None  # CSV/TSV only
+    meta: tuple[tuple[str, str], ...] = ()  # the columns kept beside the prompts, with their types
 
     def describe(self) -> dict[str, Any]:
         st = self.path.stat()
         return {"path": str(self.path), "kind": self.kind, "column": self.column, "delimiter": self.delimiter,
-                "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+                "columns": dict(self.meta), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _kind(path: Path) -> str:
@@ -63,15 +66,17 @@ def _open_text(path: Path, kind: str) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline=newline)
 
 
-def check_sources(paths: list[str | os.PathLike], *, column: str | None = None,
-                  delimiter: str | None = None) -> list[Source]:
+def check_sources(paths: list[str | os.PathLike], *, column: str | None = None, delimiter: str | None = None,
+                  columns: Sequence[str] | None = None) -> list[Source]:
     """Validate every corpus file before any work: exists, readable, known type, column present (a CSV's
-    delimiter is ``delimiter``, else the first of ``DELIMITERS`` whose header holds the column)."""
+    delimiter is ``delimiter``, else the first of ``DELIMITERS`` whose header holds the column). ``columns``:
+    the other columns to keep beside the prompts (None: all of them; empty: none), typed from a sample."""
     if delimiter is not None and len(delimiter) != 1:
         raise InputError(f"delimiter must be one character, got {delimiter!r}", param="delimiter")
     if not paths:
         raise InputError("no prompt files given", param="prompts")
     sources = []
+    seen: dict[str, None] = {}
     for p in paths:
         path = Path(p).expanduser().resolve()
         if not path.exists():
@@ -87,7 +92,14 @@ def check_sources(paths: list[str | os.PathLike], *, column: str | None = None,
             _check_parquet_column(path, col)
         elif kind in ("csv", "tsv"):
             sep = _csv_delimiter(path, col, kind, delimiter)
-        sources.append(Source(path, kind, col, sep))
+        found = _sample_meta(path, kind, col, sep)
+        seen.update(dict.fromkeys(found))
+        keep = found if columns is None else {n: k for n, k in found.items() if n in columns}
+        sources.append(Source(path, kind, col, sep, tuple(keep.items())))
+    missing = [c for c in columns or () if c not in seen]
+    if missing:
+        raise InputError(f"no column {missing[0]!r} beside the prompts in any file (they hold: "
+                         f"{', '.join(seen) or 'none'})", param="columns")
     return sources
 
 
@@ -142,54 +154,69 @@ def holds_prompts(source: Source) -> bool:
     return any(clean_prompt(v) is not None for batch in iter_values(source) for v in batch)
 
 
+Batch = tuple[list[Any], dict[str, Any]]  # raw values, and per kept column its values (a list, or Arrow)
+
+
 def iter_values(source: Source) -> Iterator[list[Any]]:
     """Batches of raw values (strings, or anything else a file holds) from one source."""
+    for values, _ in iter_batches(source, ()):
+        yield values
+
+
+def iter_batches(source: Source, names: Sequence[str]) -> Iterator[Batch]:
+    """Batches of raw values and, for each of ``names`` this source has, that column's values beside them."""
+    names = [n for n in names if n in dict(source.meta)]
     try:
         if source.kind == "parquet":
-            yield from _iter_parquet(source)
+            yield from _iter_parquet(source, names)
         elif source.kind in ("csv", "tsv"):
-            yield from _iter_csv(source)
+            yield from _iter_csv(source, names)
         elif source.kind == "text":
-            yield from _iter_text(source)
+            yield from ((values, {}) for values in _iter_text(source))
         else:
-            yield from _iter_jsonl(source)
+            yield from _iter_jsonl(source, names)
     except UnicodeDecodeError as e:
         raise InputError(f"{source.path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except (OSError, EOFError) as e:
         raise InputError(f"{source.path}: read failed ({str(e)[:160]})") from e
 
 
-def _iter_parquet(source: Source) -> Iterator[list[Any]]:
+def _iter_parquet(source: Source, names: list[str]) -> Iterator[Batch]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(source.path)
     for rg in range(pf.num_row_groups):  # one row group in memory at a time
-        table = pf.read_row_group(rg, columns=[source.column])
+        table = pf.read_row_group(rg, columns=[source.column, *names])
         col = table.column(0)
         for start in range(0, len(col), BATCH):
-            yield col.slice(start, BATCH).to_pylist()
+            yield (col.slice(start, BATCH).to_pylist(),
+                   {n: table.column(n).slice(start, BATCH).combine_chunks() for n in names})
 
 
-def _iter_csv(source: Source) -> Iterator[list[Any]]:
+def _iter_csv(source: Source, names: list[str]) -> Iterator[Batch]:
     with _open_text(source.path, source.kind) as f:
         reader = _csv_reader(f, source.delimiter or ",")
         header = next(reader)
         idx = header.index(source.column)
+        where = [header.index(n) for n in names]
         batch: list[Any] = []
+        meta: list[list[Any]] = [[] for _ in names]
         start = reader.line_num + 1  # the line the next record starts on
         try:
             for row in reader:
                 batch.append(row[idx] if idx < len(row) else None)
+                for values, i in zip(meta, where):
+                    values.append(row[i] if i < len(row) else None)
                 start = reader.line_num + 1
                 if len(batch) >= BATCH:
-                    yield batch
-                    batch = []
+                    yield batch, dict(zip(names, meta))
+                    batch, meta = [], [[] for _ in names]
         except csv.Error as e:
             raise InputError(f"{source.path}:{start}: malformed {source.kind.upper()} ({e}): the record that "
                              f"starts on line {start} has a quote that never closes, or a stray quote; fix "
                              "the quoting") from None
         if batch:
-            yield batch
+            yield batch, dict(zip(names, meta))
 
 
 def _iter_text(source: Source) -> Iterator[list[Any]]:
@@ -204,12 +231,13 @@ def _iter_text(source: Source) -> Iterator[list[Any]]:
             yield batch
 
 
-def _iter_jsonl(source: Source) -> Iterator[list[Any]]:
+def _iter_jsonl(source: Source, names: list[str]) -> Iterator[Batch]:
     key = source.column
     found = False
     keys_seen: set[str] = set()
     with _open_text(source.path, source.kind) as f:
         batch: list[Any] = []
+        meta: list[list[Any]] = [[] for _ in names]
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -223,16 +251,70 @@ def _iter_jsonl(source: Source) -> Iterator[list[Any]]:
                 elif len(keys_seen) < 50:
                     keys_seen.update(map(str, obj))
                 batch.append(obj.get(key))
+                for values, n in zip(meta, names):
+                    values.append(obj.get(n))
             else:
                 found = found or isinstance(obj, str)
                 batch.append(obj)
+                for values in meta:
+                    values.append(None)
             if len(batch) >= BATCH:
-                yield batch
-                batch = []
+                yield batch, dict(zip(names, meta))
+                batch, meta = [], [[] for _ in names]
         if not found and (batch or keys_seen):
             raise InputError(
                 f"{source.path}: no key {key!r} in any record (keys seen: {', '.join(sorted(keys_seen)[:20])}); "
                 "name the prompt key", param="column"
             )
         if batch:
-            yield batch
+            yield batch, dict(zip(names, meta))
+
+
+# -- the columns beside the prompts ---------------------------------------------------------------------
+def _sample_meta(path: Path, kind: str, col: str | None, delimiter: str | None) -> dict[str, str]:
+    """Every column (key) of a source but the prompt's, with its type (``indexer.metadata``)."""
+    if kind == "text":
+        return {}
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        fields = pq.ParquetFile(path).schema_arrow
+        return {f.name: metadata.arrow_kind(f) for f in fields if f.name != col}
+    rows: dict[str, list[Any]] = {}
+    with _open_text(path, kind) as f:
+        if kind in ("csv", "tsv"):
+            reader = _csv_reader(f, delimiter or ",")
+            header = next(reader, [])
+            names = [h for h in header if h != col]
+            rows = {n: [] for n in names}
+            try:
+                for i, row in enumerate(reader):
+                    if i >= metadata.SAMPLE_ROWS:
+                        break
+                    for n in names:
+                        j = header.index(n)
+                        rows[n].append(row[j] if j < len(row) else None)
+            except csv.Error:
+                pass  # the reading proper says where
+            return {n: metadata.infer_text(v) for n, v in rows.items()}
+        for i, line in enumerate(f):
+            if i >= metadata.SAMPLE_ROWS:
+                break
+            try:
+                obj = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue  # the reading proper says where
+            if isinstance(obj, dict):
+                for n, v in obj.items():
+                    if n != col:
+                        rows.setdefault(n, []).append(v)
+        return {n: metadata.infer_json(v) for n, v in rows.items()}
+
+
+def meta_columns(sources: Sequence[Source]) -> dict[str, str]:
+    """The kept columns of all sources (their union, in order of appearance) with their unified types."""
+    out: dict[str, str] = {}
+    for s in sources:
+        for name, kind in s.meta:
+            out[name] = metadata.unify(out[name], kind) if name in out else kind
+    return out

@@ -127,6 +127,19 @@ class WorkDir:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def sub(self, name: str) -> WorkDir:
+        """A folder of its own inside this one (``add`` keeps its work there, beside a build's), covered by this
+        folder's lock."""
+        other = WorkDir(self.out)
+        other.path = self.path / name
+        other.path.mkdir(parents=True, exist_ok=True)
+        return other
+
+    def remove_if_idle(self) -> None:
+        """Remove the folder when it holds nothing but the lock (no other work to resume)."""
+        if all(p.name == "lock" for p in self.path.iterdir()):
+            self.remove()
+
 
 def _read_holder(fd: int) -> str:
     try:

@@ -21,7 +21,7 @@ from typing import Any
 from .common.version import __version__
 
 _EXPORTS = {
-    "build": "indexer", "BuildConfig": "indexer", "BuildResult": "indexer",
+    "build": "indexer", "BuildConfig": "indexer", "BuildResult": "indexer", "add": "indexer", "remove": "indexer",
     "Retriever": "retriever", "Neighbors": "retriever", "Prediction": "retriever", "Weighting": "retriever",
     "QueryResult": "retriever",
     "Composer": "composer", "ComposeOptions": "composer", "Composition": "composer",

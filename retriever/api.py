@@ -32,7 +32,7 @@ from nearest_prompt.encoders.minilm import MiniLMEncoder, load_minilm
 from nearest_prompt.index_store.format import SPACES
 
 from .search import Neighbors, check_k, search
-from .weighting import Prediction, Weighting, blend, fuse
+from .weighting import Prediction, Weighting, blend, fuse, neighbor_shares
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class QueryResult:
     ids: np.ndarray
     scores: np.ndarray
     prompts: list[str]
+    weights: np.ndarray | None = None  # each neighbour's share of a prediction blended from these (sums to 1)
+    metadata: list[dict[str, Any]] = field(default_factory=list)  # the store's kept columns, one dict a neighbour
 
 
 def check_space(space: str) -> str:
@@ -227,12 +229,16 @@ class Retriever:
         self._search_views["clip"] = to_search_backend(self.store.indexes["clip"], backend, device=self.device)
         return self
 
-    def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY, space: str = "clip") -> Neighbors:
-        """Top-k prompts for unit query vectors [n, d] of ``space`` (see ``embed_texts``, ``embed_images``).
-        Results a damaged index could give (impossible scores, ids outside the store) raise ``StoreError``."""
+    def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY, space: str = "clip",
+               where: str | None = None) -> Neighbors:
+        """Top-k prompts for unit query vectors [n, d] of ``space`` (see ``embed_texts``, ``embed_images``),
+        among the rows matching ``where`` (``index_store.where``; fewer than k come back, padded with -1,
+        only when fewer rows match). Removed prompts never come back. Results a damaged index could give
+        (impossible scores, ids outside the store) raise ``StoreError``."""
+        allowed = self.store.allowed(where)
         views = self._search_views
-        index = views[space] if check_space(space) in views else self.store.indexes[space]
-        nb = search(index, queries, k=k)
+        index = views[space] if check_space(space) in views and allowed is None else self.store.indexes[space]
+        nb = search(index, queries, k=k, allowed=allowed, vectors=self.store.vectors.get(space))
         self.store.check_results(space, nb.ids, nb.scores)
         return nb
 
@@ -248,15 +254,16 @@ class Retriever:
 
     def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT, weighting: Weighting | None = None,
                 captions: Sequence[str | None] | None = None, caption_weight: float = 1.0,
-                caption_space: str = "clip") -> Prediction:
-        """One unit 384-d vector and a confidence per CLIP query vector (see ``retriever.weighting``).
+                caption_space: str = "clip", where: str | None = None) -> Prediction:
+        """One unit 384-d vector and a confidence per CLIP query vector (see ``retriever.weighting``), from
+        the neighbours matching ``where`` (all when None).
 
         ``captions`` (one per query, ``None`` where there is none) adds a second query per image, fused
         with the image's neighbours (``weighting.fuse``): its text searched in ``caption_space`` with
         weight ``caption_weight`` (the image has 1)."""
         weighting = (weighting or Weighting()).validate()
         check_k(k, self.rows)
-        image_nb = self.search(queries, k=k)
+        image_nb = self.search(queries, k=k, where=where)
         if captions is None:
             return blend(image_nb, self.store.minilm, weighting)
         if len(captions) != len(queries):
@@ -266,7 +273,7 @@ class Retriever:
         cap_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         if have:
             nb = self.search(self.embed_texts([captions[i] for i in have], space=caption_space), k=k,
-                             space=caption_space)
+                             space=caption_space, where=where)
             cap_ids[have], cap_scores[have] = nb.ids, nb.scores
         log.info("%d of %d images have a caption", len(have), len(queries))
         return fuse([(image_nb, 1.0), (Neighbors(cap_ids, cap_scores), caption_weight)], self.store.minilm,
@@ -274,9 +281,13 @@ class Retriever:
 
     def query(self, *, images: ImageSet | None = None, texts: Sequence[str] = (), space: str = "clip",
               k: int = DEFAULT_K_QUERY, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
-              progress: bool = False) -> tuple[list[QueryResult], list[Skipped]]:
-        """Nearest prompts for images (always in CLIP space) and texts (in ``space``): one result per
-        query, images first, plus the folder files that were skipped."""
+              progress: bool = False, where: str | None = None,
+              weighting: Weighting | None = None) -> tuple[list[QueryResult], list[Skipped]]:
+        """Nearest prompts for images (always in CLIP space) and texts (in ``space``) among the rows matching
+        ``where``: one result per query, images first, plus the folder files that were skipped. Each
+        neighbour carries its kept columns and its share of a prediction blended from these neighbours
+        (``weighting``, the default one when None)."""
+        weighting = (weighting or Weighting()).validate()
         if images is None and not texts:
             raise InputError("nothing to query: give images or texts", param="images")
         if check_space(space) != "clip" and images is not None:
@@ -296,10 +307,12 @@ class Retriever:
         if texts:
             batches.append(("text", list(texts), self.embed_texts(list(texts), space=space)))
         for kind, labels, vectors in batches:
-            nb = self.search(vectors, k=k, space=space)
-            for label, ids, scores in zip(labels, nb.ids, nb.scores):
+            nb = self.search(vectors, k=k, space=space, where=where)
+            shares = neighbor_shares(nb, weighting)
+            for label, ids, scores, share in zip(labels, nb.ids, nb.scores, shares):
                 valid = ids >= 0
-                results.append(QueryResult(kind, label, ids[valid], scores[valid], self.prompts(ids[valid])))
+                results.append(QueryResult(kind, label, ids[valid], scores[valid], self.prompts(ids[valid]),
+                                           weights=share[valid], metadata=self.store.metadata(ids[valid])))
         return results, skipped
 
     def prompts(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:

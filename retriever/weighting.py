@@ -77,6 +77,14 @@ def neighbor_weights(neighbors: Neighbors, weighting: Weighting) -> np.ndarray:
     return np.where(valid, w, 0.0)
 
 
+def neighbor_shares(neighbors: Neighbors, weighting: Weighting) -> np.ndarray:
+    """Each neighbour's share of its query's blended prediction: ``neighbor_weights`` normalised to sum to 1
+    per query (float64 [n, k]; rows without a neighbour are 0)."""
+    w = neighbor_weights(neighbors, weighting)
+    total = w.sum(axis=1, keepdims=True)
+    return np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0)
+
+
 def blend(neighbors: Neighbors, minilm: np.ndarray, weighting: Weighting) -> Prediction:
     """Weighted sum of the neighbours' rows of ``minilm`` [rows, 384] (any float dtype)."""
     vectors, confidence = blend_weights(neighbors.ids, neighbor_weights(neighbors, weighting), minilm)
@@ -125,9 +133,7 @@ def fuse(parts: list[tuple[Neighbors, float]], minilm: np.ndarray, weighting: We
     for nb, part_weight in parts:
         if part_weight < 0:
             raise InputError(f"fusion weights must be non-negative, got {part_weight}", param="caption_weight")
-        w = neighbor_weights(nb, weighting)
-        total = w.sum(axis=1, keepdims=True)
-        weights.append(np.where(total > 0, w / np.where(total > 0, total, 1.0), 0.0) * part_weight)
+        weights.append(neighbor_shares(nb, weighting) * part_weight)
         ids.append(nb.ids)
     joined = Neighbors(ids=np.concatenate(ids, axis=1),
                        scores=np.concatenate([nb.scores for nb, _ in parts], axis=1))

@@ -306,7 +306,7 @@ def test_prompt_file_slices_and_filters_across_batches(tmp_path, rng):
             tuple(sorted(rng.integers(0, 41, 2).tolist())) for _ in range(20)]:
         assert pf[a:b].to_pylist() == texts[a:b], (a, b)
     keep = rng.random(40) < 0.5
-    kept = [t for block in pf.take_rows(keep) for t in block.to_pylist()]
+    kept = [t for batch in pf.take_rows(keep) for t in batch.column("prompt").to_pylist()]
     assert kept == [t for t, k in zip(texts, keep) if k]
     with pytest.raises(ValueError, match="keep mask"):
         next(pf.take_rows(keep[:5]))

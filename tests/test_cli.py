@@ -66,7 +66,7 @@ def test_build_query_predict_info(cli_store, capsys, tmp_path, clip_encoder):
     assert row[0] == "20057f34d" and abs(float(row[1]) - conf) < 2e-6 and abs(float(row[2]) - scores[best[0]]) < 2e-6
 
     code, out, _ = run(capsys, "info", "--index", cli_store, "--verify")
-    assert code == 0 and "bytes per prompt" in out and "all verified" in out
+    assert code == 0 and "bytes of disk a prompt" in out and "all verified" in out
     assert "clip index memory-mapped, minilm index memory-mapped" in out
     code, out, _ = run(capsys, "info", "--index", cli_store, "--json")
     info = json.loads(out)

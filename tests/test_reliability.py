@@ -102,7 +102,7 @@ def test_workdir_lock_is_exclusive_in_one_process_too(tmp_path):
 # -- disk space, failures, leftovers -------------------------------------------------------------
 def test_too_little_free_space_is_refused_before_reading(capsys, tmp_path, clip_spec, monkeypatch):
     monkeypatch.setattr(indexer.disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 9 << 20, 2048))
-    monkeypatch.setattr(indexer.exact_dedup, "iter_values", lambda s: pytest.fail("the corpus was read"))
+    monkeypatch.setattr(indexer.exact_dedup, "iter_batches", lambda s, names: pytest.fail("the corpus was read"))
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 40), "--out", tmp_path / "s", "--clip",
                        clip_spec, "-q")
     assert_one_line_error(code, err, "--out: not enough free space for")
@@ -155,7 +155,7 @@ def test_failure_before_any_resumable_work_leaves_nothing(capsys, tmp_path, clip
         raise InputError("the corpus broke while it was read")
         yield
 
-    monkeypatch.setattr(indexer.exact_dedup.ExactDedup, "blocks", broken)
+    monkeypatch.setattr(indexer.exact_dedup.ExactDedup, "batches", broken)
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", tmp_path / "s", "--clip",
                        clip_spec, "-q")
     assert_one_line_error(code, err, "the corpus broke while it was read; nothing was kept")
@@ -163,7 +163,7 @@ def test_failure_before_any_resumable_work_leaves_nothing(capsys, tmp_path, clip
 
 
 def test_models_are_loaded_before_the_corpus_is_read(capsys, tmp_path, clip_spec, monkeypatch):
-    monkeypatch.setattr(indexer.exact_dedup, "iter_values", lambda s: pytest.fail("the corpus was read"))
+    monkeypatch.setattr(indexer.exact_dedup, "iter_batches", lambda s, names: pytest.fail("the corpus was read"))
     code, _, err = run(capsys, "build", "--prompts", small_corpus(tmp_path, 5), "--out", tmp_path / "s", "--clip",
                        clip_spec, "--minilm", tmp_path / "no-such-model", "-q")
     assert_one_line_error(code, err, "--minilm: could not load the MiniLM model")

@@ -667,3 +667,46 @@ def test_a_store_file_changed_in_place_is_caught_and_a_fatal_signal_is_logged(cl
         assert "Fatal Python error: Bus error" in s.log.read_text()
     finally:
         s.stop()
+
+
+@pytest.mark.slow
+def test_a_grown_and_narrowed_store_is_served_without_a_restart(tmp_path, clip_spec, capsys):
+    """Kept columns and filters over HTTP; ``add`` and ``remove`` swap in a new version of the store, which the
+    server opens by itself (its periodic check) while it keeps answering."""
+    need_data()
+    prompts = corpus_slice(80, offset=9000)
+    lines = ["prompt,source"] + [f'"{p.replace(chr(34), "")}",{"lexica" if i % 2 else "discord"}'
+                                 for i, p in enumerate(prompts[:60])]
+    (tmp_path / "c.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "more.csv").write_text("prompt,source\n" + "\n".join(f'"{p.replace(chr(34), "")}",krea'
+                                                                    for p in prompts[60:]) + "\n")
+    store = tmp_path / "store"
+    code, _, err = run(capsys, "build", "--prompts", tmp_path / "c.csv", "--out", store, "--clip", clip_spec, "-q")
+    assert code == 0, err
+    s = Server(store, log=tmp_path / "server.log", env={"NEAREST_PROMPT_STORE_CHECK_S": "0.2"})
+    try:
+        with s.client() as c:
+            rows = c.get("/health").json()["rows"]
+            r = c.post("/query", json={"text": "a castle", "k": 5, "where": "source=lexica"}).json()
+            assert len(r["neighbors"]) == 5 and {n["metadata"]["source"] for n in r["neighbors"]} == {"lexica"}
+            assert abs(sum(n["weight"] for n in r["neighbors"]) - 1) < 1e-5
+            meta = c.post("/metadata", json={"ids": [r["neighbors"][0]["id"]]}).json()
+            assert meta[0]["metadata"]["source"] == "lexica" and meta[0]["metadata"]["caption"]
+            assert c.post("/query", json={"text": "a castle", "where": "source=krea"}).json()["neighbors"] == []
+            bad = c.post("/query", json={"text": "a castle", "where": "colour=red"})
+            assert bad.status_code == 400 and bad.json()["error"].startswith("where: no column 'colour'")
+            code, out, err = run(capsys, "add", "--index", store, "--prompts", tmp_path / "more.csv", "-q")
+            assert code == 0 and "added" in out, err
+            grown = wait_for(lambda: (n := c.get("/health").json()["rows"]) > rows and n, what="the new version")
+            krea = c.post("/query", json={"text": "a castle", "k": 5, "where": "source=krea"}).json()["neighbors"]
+            assert len(krea) == 5 and all(n["id"] >= rows for n in krea)
+            code, out, err = run(capsys, "remove", "--index", store, "--where", "source=krea", "-q")
+            assert code == 0 and "removed" in out, err
+            wait_for(lambda: c.post("/query", json={"text": "a castle", "where": "source=krea"}).json()["neighbors"]
+                     == [], what="the removal to be served")
+            gone = c.post("/metadata", json={"ids": [krea[0]["id"]]})
+            assert gone.status_code == 404 and "was removed" in gone.json()["error"]
+            assert c.get("/health").json()["rows"] == grown  # ids stay: the rows are marked, not moved
+        assert s.logged("reloaded")
+    finally:
+        assert s.stop() in GRACEFUL

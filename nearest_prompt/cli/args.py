@@ -98,6 +98,20 @@ def add_weighting_args(p: argparse.ArgumentParser) -> None:
                    help="T of the softmax weighting")
 
 
+def add_where_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--where", default=None, metavar="EXPR",
+                   help="search only the prompts whose kept columns match, e.g. source=lexica, "
+                        "\"source in (lexica,krea)\", \"seed>=10 and seed<20\" (docs/filters.md)")
+
+
+def where_for(args: argparse.Namespace, store: Any) -> str | None:
+    """``--where``, checked against the store's columns before any slow work (the row mask is kept)."""
+    where = getattr(args, "where", None)
+    if where is not None:
+        store.allowed(where)
+    return where
+
+
 def open_retriever(args: argparse.Namespace) -> Any:
     from nearest_prompt.retriever import Retriever
 

@@ -12,7 +12,7 @@ from typing import Any
 from nearest_prompt.common.errors import InputError
 from nearest_prompt.common.text import printable
 
-from .args import escape_c1, k_for, open_retriever, print_random_weights_note, report_skipped
+from .args import escape_c1, k_for, open_retriever, print_random_weights_note, report_skipped, where_for
 
 log = logging.getLogger("nearest_prompt.cli")
 
@@ -61,7 +61,7 @@ def report_captions(captions: Any, ids: list[str]) -> list[str | None]:
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     from nearest_prompt.composer import MODES, OBJECTIVES, ComposeOptions
 
-    from .args import add_common, add_image_args, add_model_args, default, positive_int
+    from .args import add_common, add_image_args, add_model_args, add_where_arg, default, positive_int
 
     p = cmd("interrogate", "compose a prompt to paste into a generator, for each image")
     p.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -84,7 +84,9 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    help="without a caption, start from the top neighbour's prompt, or from the best first clause "
                         "of the neighbours")
     p.add_argument("--json", action="store_true",
-                   help="print JSON: components with their scores, CLIP similarity, the MiniLM vector")
+                   help="print JSON: components with their scores, CLIP similarity, the MiniLM vector, the "
+                        "neighbours with their kept columns and weights")
+    add_where_arg(p)
     add_captioner_args(p)
     add_image_args(p)
     add_model_args(p, building=False)
@@ -99,6 +101,7 @@ def cmd_interrogate(args: argparse.Namespace) -> int:
                              fragments=args.fragments, start=args.start).validate()
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive)
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
+    where = where_for(args, r.store)
     options = replace(options, target_k=k_for(args, r.rows, default=options.target_k))
     captions, captioner = load_captions(args)
     composer = Composer(r, options=options)
@@ -111,9 +114,11 @@ def cmd_interrogate(args: argparse.Namespace) -> int:
         by_id = {i: c for i, c in zip(ids, report_captions(captions, ids)) if c}
     result = composer.interrogate_images(images, captions=by_id, captioner=captioner,
                                          batch_size=args.batch_size, max_pixels=args.max_pixels,
-                                         progress=not args.quiet and (len(images.paths) > 1 or captioner is not None))
+                                         progress=not args.quiet and (len(images.paths) > 1 or captioner is not None),
+                                         where=where)
     if args.json:
-        doc = {"index": str(r.store.path), "mode": options.mode, "objective": options.objective, "note": r.store.note,
+        doc = {"index": str(r.store.path), "mode": options.mode, "objective": options.objective, "where": where,
+               "note": r.store.note,
                "results": [{"image": str(p), "caption": cap, **c.to_dict()}
                            for p, cap, c in zip(result.paths, result.captions, result.compositions)],
                "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped]}

@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from nearest_prompt.common.errors import InputError, NearestPromptError
 from nearest_prompt.common.sizes import format_bytes
@@ -30,6 +31,7 @@ from .args import (
     add_image_args,
     add_model_args,
     add_weighting_args,
+    add_where_arg,
     default,
     escape_c1,
     flag,
@@ -38,6 +40,7 @@ from .args import (
     positive_int,
     print_random_weights_note,
     report_skipped,
+    where_for,
 )
 from .compose import add_captioner_args, load_captions, report_captions
 
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="DIR",
                    help="index store directory: new, empty, or a store (replaced atomically)")
     b.add_argument("--column", default=None, help="prompt column/key for parquet, CSV and JSONL (default: prompt)")
+    b.add_argument("--columns", default=None, metavar="NAME,...",
+                   help="columns of the corpus kept beside each prompt, typed, for filters and answers (default: every "
+                        "column but the prompt's; '' for none)")
     b.add_argument("--delimiter", default=None, metavar="CHAR",
                    help="field delimiter of CSV files (default: the first of , ; tab | whose header holds the column)")
     b.add_argument("--limit", type=positive_int, default=None, metavar="N",
@@ -110,10 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="space of --text queries: the CLIP text encoder or MiniLM")
     q.add_argument("--k", type=positive_int, default=None,
                    help=f"neighbours per query (default: {DEFAULT_K_QUERY}, at most the index's size)")
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table (each neighbour with its kept columns and its weight)")
+    add_where_arg(q)
     add_image_args(q)
     add_model_args(q, building=False)
     add_common(q)
+
+    a = cmd("add", "add prompts to an index store without a rebuild")
+    a.add_argument("--index", required=True, metavar="DIR", help="index store directory (its next version replaces it)")
+    a.add_argument("--prompts", nargs="+", required=True, metavar="FILE",
+                   help="parquet, CSV/TSV, text or JSONL files, read as build reads them")
+    a.add_argument("--column", default=None, help="prompt column/key for parquet, CSV and JSONL (default: prompt)")
+    a.add_argument("--delimiter", default=None, metavar="CHAR", help="field delimiter of CSV files")
+    a.add_argument("--limit", type=positive_int, default=None, metavar="N", help="add at most N new prompts")
+    a.add_argument("--batch-size", type=positive_int, default=None, help="prompts per encoder batch")
+    a.add_argument("--clean", action="store_true", help="discard the resumable work of an interrupted addition")
+    a.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu)")
+    add_common(a)
+
+    rm = cmd("remove", "remove prompts from an index store (the other rows keep their ids)")
+    rm.add_argument("--index", required=True, metavar="DIR", help="index store directory (its next version replaces it)")
+    which = rm.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", metavar="FILE", help="row ids to remove: one a line, or an .npy of integers")
+    which.add_argument("--where", metavar="EXPR", help="remove the prompts whose kept columns match (as query --where)")
+    which.add_argument("--matching", metavar="REGEX", help="remove the prompts a Python regular expression finds "
+                                                             "(anywhere in the text; (?i) ignores case)")
+    add_common(rm)
 
     pr = cmd("predict", "one 384-d MiniLM vector per image (competition submission or .npy)")
     pr.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -128,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
     pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
                     help="search captions with the CLIP text encoder or in MiniLM space")
+    add_where_arg(pr)
     add_image_args(pr)
     add_model_args(pr, building=False)
     add_common(pr)
@@ -184,6 +214,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     config = indexer.BuildConfig(
         clip_model=args.clip, clip_pretrained=args.pretrained, minilm_model=args.minilm,
         column=args.column, delimiter=args.delimiter, limit=args.limit,
+        columns=None if args.columns is None else tuple(c.strip() for c in args.columns.split(",") if c.strip()),
         near_dup_threshold=None if args.no_near_dedup else args.near_dup_threshold,
         batch_size=args.batch_size, shard_size=args.shard_size,
         index_type=args.index_type, memory_budget_gb=args.memory_budget,
@@ -199,6 +230,33 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    from nearest_prompt import indexer
+
+    result = indexer.add(args.prompts, args.index, column=args.column, delimiter=args.delimiter, limit=args.limit,
+                         batch_size=args.batch_size, device=args.device, progress=not args.quiet, clean=args.clean)
+    st = result.stats
+    print(f"added {result.added} prompts to {result.path}, now {result.rows} "
+          f"({st.get('values_read', 0)} read: {st.get('already_in_store', 0)} already in the store, "
+          f"{st.get('exact_duplicates', 0)} exact and {st.get('near_duplicates', 0)} near duplicates, "
+          f"{st.get('empty', 0) + st.get('not_text', 0)} empty or not text)")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from nearest_prompt import indexer
+
+    result = indexer.remove(args.index, ids=args.ids, where=args.where, matching=args.matching,
+                            progress=not args.quiet)
+    if result.removed == 0:
+        print(f"nothing to remove from {result.path}" + (f" ({result.already} chosen were removed before)"
+                                                          if result.already else "") + "; the store is unchanged")
+    else:
+        print(f"removed {result.removed} prompts from {result.path}; {result.live} remain, ids unchanged "
+              f"({result.fragments} fragments)")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from nearest_prompt.encoders.images import collect_images
 
@@ -209,16 +267,19 @@ def cmd_query(args: argparse.Namespace) -> int:
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive) \
         if args.images else None
     r = open_retriever(args)
+    where = where_for(args, r.store)
     k = k_for(args, r.rows, default=DEFAULT_K_QUERY)
     results, skipped = r.query(images=images, texts=args.text, space=args.space, k=k,
                                batch_size=args.batch_size, max_pixels=args.max_pixels,
-                               progress=not args.quiet and images is not None and len(images.paths) > 1)
+                               progress=not args.quiet and images is not None and len(images.paths) > 1, where=where)
     if args.json:
-        doc = {"index": str(r.store.path), "k": k, "space": args.space, "note": r.store.note,
+        doc = {"index": str(r.store.path), "k": k, "space": args.space, "where": where, "note": r.store.note,
                "results": [
             {res.kind: res.label, "neighbors": [
-                {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t}
-                for j, (i, s, t) in enumerate(zip(res.ids, res.scores, res.prompts))]} for res in results],
+                {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t, "weight": round(float(w), 6),
+                 "metadata": m}
+                for j, (i, s, t, w, m) in enumerate(zip(res.ids, res.scores, res.prompts, res.weights, res.metadata))]}
+            for res in results],
             "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
         print(escape_c1(json.dumps(doc, indent=2, ensure_ascii=False)))
     else:
@@ -248,6 +309,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if dupes:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
+    where = where_for(args, r.store)
     captions, captioner = load_captions(args)
     k = k_for(args, r.rows, default=DEFAULT_K_PREDICT)
     emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet)
@@ -259,7 +321,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     elif captions is not None:
         texts = report_captions(captions, ids)
     pred = r.predict(emb.vectors, k=k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
-                     caption_space=args.caption_space)
+                     caption_space=args.caption_space, where=where)
     written = write_predictions(out, ids, pred.vectors)
     written.append(write_confidence(confidence_path(out), ids, pred.confidence, pred.top_score))
     print(f"wrote {len(ids)} prediction(s) to {', '.join(str(p) for p in written)}")
@@ -281,7 +343,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines = [
         f"index store   {store.path}",
         f"format        {m.format} v{m.format_version}, created {m.created or '?'}",
-        f"prompts       {store.rows}",
+        f"prompts       {store.rows}" + (f" ({store.rows - store.live_rows} removed, {store.live_rows} searched)"
+                                              if store.removed is not None else ""),
+        "columns       " + (", ".join(f"{n} ({store.table.schema.field(n).type})" for n in store.columns) or "none"),
+        *[f"added         {a.get('time')}: {a.get('stats', {}).get('added', 0)} prompts from "
+          + ", ".join(Path(src["path"]).name for src in a.get("sources", [])) for a in m.build.get("additions", [])],
+        *[f"removed       {r.get('time')}: {r.get('removed')} prompts ("
+          + ", ".join(f"{k} {v}" for k, v in r.get("selector", {}).items()) + ")" for r in m.build.get("removals", [])],
         f"CLIP          {clip.model}" + (f" / {clip.pretrained}" if clip.pretrained else "")
         + f"  (dim {clip.embed_dim}, context {clip.context_length})",
         f"              weights {clip.weights}",
@@ -319,7 +387,8 @@ def commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     from .evaluation import cmd_blend, cmd_eval
     from .serve import cmd_serve
 
-    return {"build": cmd_build, "query": cmd_query, "predict": cmd_predict, "info": cmd_info,
+    return {"build": cmd_build, "add": cmd_add, "remove": cmd_remove, "query": cmd_query, "predict": cmd_predict,
+            "info": cmd_info,
             "eval": cmd_eval, "blend": cmd_blend, "serve": cmd_serve, "interrogate": cmd_interrogate}
 
 

@@ -54,8 +54,9 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     lim.add_argument("--max-pixels", type=positive_int, default=None,
                      help=f"refuse larger images as decompression bombs ({_d('max_pixels')})")
     lim.add_argument("--store-check", type=float, default=None, metavar="SECONDS",
-                     help="how often the store's file sizes are held against its manifest; a file changed in place "
-                          f"makes the server refuse requests until a reload, 0: never (default: "
+                     help="how often the server looks at its store: a new version in its place (a build, add or "
+                          "remove) is opened and served; a file changed in place makes the server refuse requests "
+                          f"until a reload; 0: never (default: "
                           f"{default(ServeSettings, 'store_check_s'):g}; env {ENV_PREFIX}STORE_CHECK_S)")
     lim.add_argument("--allow-image-urls", action="store_true", default=None,
                      help="let /knn-service fetch image_url (off: fetching URLs for strangers is an SSRF hole)")

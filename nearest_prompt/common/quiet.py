@@ -12,12 +12,10 @@ from contextlib import contextmanager
 
 @contextmanager
 def c_stdout_silenced() -> Iterator[None]:
-    """File descriptor 1 points to /dev/null for the duration (Python's own ``sys.stdout`` is flushed first).
+    """File descriptor 1 points to /dev/null for the duration (Python's own ``sys.stdout`` is flushed first, C's
+    buffered output last).
     Process-wide: use it around short library calls, never around work that prints on purpose."""
-    try:
-        fd = sys.stdout.fileno() if hasattr(sys.stdout, "fileno") else 1
-    except (OSError, ValueError):  # a replaced stdout without a file (tests): the real descriptor is 1
-        fd = 1
+    fd = 1  # C's stdout, whatever Python's sys.stdout is now (a test's capture may be another descriptor)
     sys.stdout.flush()
     saved = os.dup(fd)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -25,6 +23,16 @@ def c_stdout_silenced() -> Iterator[None]:
         os.dup2(devnull, fd)
         yield
     finally:
+        _flush_c_stdio()  # what printf buffered (stdout is fully buffered when it is not a terminal) goes too
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
+
+
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask: nothing buffered there to lose
+        pass

@@ -26,7 +26,7 @@ objective's space.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from nearest_prompt.common.progress import progress_bar
 from nearest_prompt.common.text import clean_prompt, split_fragments
 from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped
 from nearest_prompt.retriever import Neighbors, Retriever, Weighting, blend
+from nearest_prompt.retriever.weighting import neighbor_shares
 
 from .candidates import Pool, gather
 from .families import family
@@ -113,6 +114,8 @@ class Composition:
     minilm: np.ndarray  # float32 [384], the prompt's unit MiniLM vector
     tokens: int  # CLIP tokens, start and end included
     clip_similarity: float | None = None  # the prompt's CLIP similarity to the image (image queries)
+    neighbors: list[dict[str, Any]] = field(default_factory=list)  # the neighbours searched (``interrogate``):
+    # id, score, prompt, weight (share of a prediction blended from them), metadata (the store's kept columns)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (what ``interrogate --json`` and the service's ``/interrogate`` answer)."""
@@ -121,6 +124,7 @@ class Composition:
                 "clip_similarity": r(self.clip_similarity), "tokens": self.tokens,
                 "components": [{"text": c.text, "source": c.source, "similarity": r(c.similarity), "score": r(c.score),
                                 "estimated": c.estimated} for c in self.components],
+                "neighbors": self.neighbors,
                 "minilm": [round(float(v), 7) for v in self.minilm]}
 
 
@@ -163,24 +167,35 @@ class Composer:
         return self.r.store.fragments is not None
 
     def interrogate(self, images: np.ndarray, *, captions: Sequence[str | None] | None = None,
-                    weighting: Weighting | None = None) -> list[Composition]:
-        """Prompts for unit CLIP image vectors [n, d]: their neighbours, the predicted vector of the top
-        ``target_k`` (fused with the captions, as ``Retriever.predict``) as the ``minilm`` target or the
-        image vector as the ``clip`` one, then ``compose``. ``captions`` (one per image, None where there is
-        none) start the prompts."""
+                    weighting: Weighting | None = None, where: str | None = None) -> list[Composition]:
+        """Prompts for unit CLIP image vectors [n, d]: their neighbours (among the rows matching ``where``),
+        the predicted vector of the top ``target_k`` (fused with the captions, as ``Retriever.predict``) as
+        the ``minilm`` target or the image vector as the ``clip`` one, then ``compose``. ``captions`` (one per
+        image, None where there is none) start the prompts. Each composition lists the neighbours searched."""
         o = self.options
-        nb = self.r.search(images, k=min(o.neighbors, self.r.rows))
+        nb = self.r.search(images, k=min(o.neighbors, self.r.rows), where=where)
         if o.objective == "minilm":
             fused = captions if captions is not None and any(captions) else None
             targets = self.r.predict(images, k=min(o.target_k, self.r.rows), weighting=weighting,
-                                     captions=fused).vectors
+                                     captions=fused, where=where).vectors
         else:
             targets = images
-        return self.compose(targets, neighbors=nb, captions=captions, images=images)
+        out = self.compose(targets, neighbors=nb, captions=captions, images=images)
+        return [replace(c, neighbors=self._listed(nb, i, weighting)) for i, c in enumerate(out)]
+
+    def _listed(self, nb: Neighbors, row: int, weighting: Weighting | None) -> list[dict[str, Any]]:
+        valid = nb.ids[row] >= 0
+        ids, scores = nb.ids[row][valid], nb.scores[row][valid]
+        shares = neighbor_shares(Neighbors(nb.ids[row:row + 1], nb.scores[row:row + 1]),
+                                 weighting or Weighting())[0][valid]
+        store = self.r.store
+        return [{"id": int(i), "score": round(float(s), 6), "prompt": t, "weight": round(float(w), 6), "metadata": m}
+                for i, s, t, w, m in zip(ids, scores, store.prompts(ids), shares, store.metadata(ids))]
 
     def interrogate_images(self, images: ImageSet | Sequence[Any], *, captions: Mapping[str, str] | None = None,
                            captioner: Any = None, weighting: Weighting | None = None, batch_size: int = 16,
-                           max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> Interrogation:
+                           max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                           where: str | None = None) -> Interrogation:
         """``interrogate`` for image files (an ``ImageSet``: files from folders that fail to decode are skipped
         and reported) or paths: embedded, captioned (``captions`` by file stem, or a ``captioner``:
         ``encoders.captioner``), then composed ``COMPOSE_CHUNK`` images at a time, with progress bars."""
@@ -196,7 +211,7 @@ class Composer:
         with progress_bar(total=len(emb.paths), desc="composing", enabled=progress, unit="img") as bar:
             for start in range(0, len(emb.paths), COMPOSE_CHUNK):
                 part = slice(start, start + COMPOSE_CHUNK)
-                out += self.interrogate(emb.vectors[part], captions=texts[part], weighting=weighting)
+                out += self.interrogate(emb.vectors[part], captions=texts[part], weighting=weighting, where=where)
                 bar.update(len(emb.paths[part]))
         return Interrogation(paths=emb.paths, captions=texts, compositions=out, skipped=emb.skipped)
 

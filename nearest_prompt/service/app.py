@@ -21,6 +21,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -138,9 +139,12 @@ class Service:
         self.captioner = QueuedCaptioner(captioner, self.workers["captioner"]) if captioner is not None else None
         self.served: Served | None = self._serve(loaded) if loaded is not None else None
         self.damaged: str | None = None  # what changed in place, when the served store's files did
+        self.version: int | None = None  # the served store folder's inode: a new version of the store is another
+        self._refused: int | None = None  # a new version that failed to open (tried again when it changes)
         self._reload_lock = asyncio.Lock()
 
     def _serve(self, loaded: Retriever) -> Served:
+        self.version = store_version(loaded.store.path)
         queued = loaded.with_encoders(clip=QueuedClip(loaded.clip, self.workers["clip"]),
                                       minilm=QueuedMiniLM(loaded.minilm, self.workers["minilm"]))
         return Served(models=loaded, retriever=queued)
@@ -154,12 +158,25 @@ class Service:
         return self.served.retriever
 
     async def watch_store(self) -> None:
-        """Hold the served store's file sizes against its manifest every ``store_check_s`` seconds: a file
-        changed in place (a truncation would end the process at its next read of the lost pages) is logged and
-        every request refused until a reload brings a good store."""
+        """Every ``store_check_s`` seconds: a new version of the store in its place (a build, ``add`` or ``remove``
+        swaps in a new folder) is opened and served once validated (the old one keeps serving if it fails); else
+        the served store's file sizes are held against its manifest: a file changed in place (a truncation would
+        end the process at its next read of the lost pages) is logged and every request refused until a reload
+        brings a good store."""
         while self.settings.store_check_s:
             await asyncio.sleep(self.settings.store_check_s)
-            if self.served is None or self.damaged:
+            if self.served is None:
+                continue
+            version = await run_in_threadpool(store_version, self.served.models.store.path)
+            if version is not None and version != self.version and version != self._refused:
+                try:
+                    await self.reload()
+                except NearestPromptError as e:
+                    self._refused = version
+                    log.error("a new version of the store is in place but does not open (%s); still serving the "
+                              "old one", e)
+                continue
+            if self.damaged:
                 continue
             what = await run_in_threadpool(changed_in_place, self.served.models.store)
             if what:
@@ -293,8 +310,10 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
         return error(500, f"internal error ({type(e).__name__}); see the server's log")
 
     # -- query ------------------------------------------------------------------------------------------
-    async def query(*, image: bytes | None, text: str | None, embedding: list[float] | None, k: int) -> dict[str, Any]:
+    async def query(*, image: bytes | None, text: str | None, embedding: list[float] | None, k: int,
+                    where: str | None = None) -> dict[str, Any]:
         r = service.current()
+        where = checked_where(r, where)
         given = [name for name, v in (("image", image), ("text", text), ("embedding", embedding)) if v is not None]
         if len(given) != 1:
             raise ClientError(400, "give exactly one of image, text or embedding" + (f" (got {', '.join(given)})"
@@ -309,7 +328,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
                 q = r.embed_texts([text])
             else:
                 q = r.embed_images(images).vectors
-            nb = r.search(q, k=k)
+            nb = r.search(q, k=k, where=where)
             return {"neighbors": neighbors_of(r, nb.ids[0], nb.scores[0]), "note": r.store.note}
 
         return await service.run(1, work, blobs=[image] if image is not None else [])
@@ -317,17 +336,20 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
     @json_route("/query", response_model=QueryResponse, summary="nearest prompts to an image, a text or a vector")
     async def query_json(req: QueryRequest) -> dict[str, Any]:
         image = Base64Image.of(req.image, "image") if req.image is not None else None
-        return await query(image=image, text=req.text, embedding=req.embedding, k=k_of(req, service.current().rows))
+        return await query(image=image, text=req.text, embedding=req.embedding, k=k_of(req, service.current().rows),
+                           where=req.where)
 
     @upload_route("/query", response_model=QueryResponse, summary="nearest prompts to an uploaded image")
     async def query_upload(form: Annotated[QueryForm, File()]) -> dict[str, Any]:
         [image] = await read_uploads(form.image, one=True)
-        return await query(image=image, text=None, embedding=None, k=k_of(form, service.current().rows))
+        return await query(image=image, text=None, embedding=None, k=k_of(form, service.current().rows),
+                           where=form.where)
 
     # -- predict ----------------------------------------------------------------------------------------
     async def predict(blobs: list[bytes], o: Any, captions: list[str | None] | None) -> dict[str, Any]:
         r = service.current()
         k = k_of(o, r.rows)
+        where = checked_where(r, o.where)
         captions = check_captions(captions, len(blobs))
         if o.caption_images and service.captioner is None:
             raise ClientError(400, "caption_images: this server has no captioner (start it with --captioner)")
@@ -342,7 +364,7 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
                     caps[i] = c
             vectors = r.embed_images(images).vectors
             pred = r.predict(vectors, k=k, weighting=weighting, captions=caps if any(caps) else None,
-                             caption_weight=o.caption_weight, caption_space=o.caption_space)
+                             caption_weight=o.caption_weight, caption_space=o.caption_space, where=where)
             return {"results": [{"vector": v.tolist(), "confidence": float(c),
                                  "top_score": None if t != t else float(t)}
                                 for v, c, t in zip(pred.vectors, pred.confidence, pred.top_score)],
@@ -365,13 +387,14 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
         options = ComposeOptions(mode=o.mode, objective=o.objective, start=o.start, target_k=k_of(o, r.rows),
                                  neighbors=o.neighbors, fragments=o.fragments).validate()
         caption = o.caption if o.caption and o.caption.strip() else None
+        where = checked_where(r, o.where)
 
         def work(images: list[Any]) -> dict[str, Any]:
             cap = caption
             if cap is None and service.captioner is not None:
                 cap = service.captioner.caption(images)[0] or None
             vectors = r.embed_images(images).vectors
-            [done] = Composer(r, options=options).interrogate(vectors, captions=[cap])
+            [done] = Composer(r, options=options).interrogate(vectors, captions=[cap], where=where)
             return {**done.to_dict(), "caption": cap, "note": r.store.note}
 
         return await service.run(INTERROGATE_WORK + (service.captioner is not None and caption is None), work,
@@ -415,7 +438,12 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
         bad = [i for i in req.ids if not 0 <= i < r.rows]
         if bad:
             raise ClientError(400, f"ids: {bad[0]} is not a row of the index (0..{r.rows - 1})")
-        return [{"id": i, "metadata": {"caption": p}} for i, p in zip(req.ids, r.prompts(req.ids))]
+        removed = r.store.removed
+        gone = [i for i in req.ids if removed is not None and removed[i]]
+        if gone:
+            raise ClientError(404, f"ids: {gone[0]} was removed from the index")
+        return [{"id": i, "metadata": {"caption": p, **m}}
+                for i, p, m in zip(req.ids, r.prompts(req.ids), r.store.metadata(req.ids))]
 
     # -- operations ---------------------------------------------------------------------------------------
     @route("/health", method="GET", auth=False, response_model=HealthResponse,
@@ -450,6 +478,24 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.openapi = lambda: merged_openapi(app)
     return app
+
+
+def store_version(path: str | Path) -> int | None:
+    """The store folder's inode (None while there is none): each version of a store is a new folder."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def checked_where(r: Retriever, where: str | None) -> str | None:
+    """A request's filter, checked against the store's columns before any work (400 when it cannot apply)."""
+    if where is not None:
+        try:
+            r.store.allowed(where)
+        except NearestPromptError as e:
+            raise ClientError(400, f"where: {e}") from None
+    return where
 
 
 def k_of(options: Any, rows: int) -> int:

@@ -128,9 +128,16 @@ async def decode_images(sources: list[bytes | Base64Image], *, max_pixels: int) 
 
 
 def neighbors_of(r: Retriever, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """One query's neighbours as the service answers them: id, prompt, score, weight (its share of a prediction
+    blended from them, by the default weighting) and the store's kept columns."""
+    from nearest_prompt.retriever import Neighbors, Weighting
+    from nearest_prompt.retriever.weighting import neighbor_shares
+
     valid = ids >= 0
-    return [{"id": int(i), "prompt": p, "score": float(s)}
-            for i, s, p in zip(ids[valid], scores[valid], r.prompts(ids[valid]))]
+    shares = neighbor_shares(Neighbors(ids[None], scores[None]), Weighting())[0][valid]
+    ids = ids[valid]
+    return [{"id": int(i), "prompt": p, "score": float(s), "weight": float(w), "metadata": m}
+            for i, s, p, w, m in zip(ids, scores[valid], r.prompts(ids), shares, r.store.metadata(ids))]
 
 
 def unit_embedding(values: list[float], dim: int, *, field: str) -> np.ndarray:

@@ -8,7 +8,7 @@ accepts and ignores (listed in ``KnnRequest``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +17,10 @@ MAX_K = 10_000  # also bounded by the index size at run time
 MAX_IMAGES = 256  # per predict request
 MAX_TEXT = 10_000  # characters of a text query or caption
 MAX_EMBEDDING = 8192  # numbers in a query vector
+MAX_WHERE = 2_000  # characters of a filter
+
+WHERE = Field(None, max_length=MAX_WHERE, description="search only the prompts whose kept columns match, e.g. "
+              "'source=lexica', 'source in (lexica,krea)', 'seed>=10 and seed<20' (docs/filters.md)")
 
 
 class Strict(BaseModel):
@@ -30,6 +34,7 @@ class ErrorResponse(BaseModel):
 # -- query ------------------------------------------------------------------------------------------------
 class QueryOptions(Strict):
     k: int = Field(10, ge=1, le=MAX_K, description="neighbours to return (at most the index size)")
+    where: str | None = WHERE
 
 
 class QueryRequest(QueryOptions):
@@ -48,6 +53,8 @@ class Neighbor(BaseModel):
     id: int
     prompt: str
     score: float
+    weight: float = Field(description="its share of a prediction blended from these neighbours (they sum to 1)")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the columns the index keeps beside it")
 
 
 class QueryResponse(BaseModel):
@@ -66,6 +73,7 @@ class PredictOptions(Strict):
     caption_space: Literal["clip", "minilm"] = "clip"
     caption_images: bool = Field(False, description="caption the images that have no caption with the server's "
                                                      "captioner (serve --captioner) and fuse them")
+    where: str | None = WHERE
 
 
 class PredictRequest(PredictOptions):
@@ -102,6 +110,7 @@ class InterrogateOptions(Strict):
     neighbors: int = Field(10, ge=1, le=200, description="neighbour prompts whose clauses are candidates")
     fragments: int | None = Field(None, ge=0, le=1000, description="nearest vocabulary fragments that are "
                                   "candidates (null: 0 for minilm, 50 for clip)")
+    where: str | None = WHERE
 
 
 class InterrogateRequest(InterrogateOptions):
@@ -130,6 +139,8 @@ class InterrogateResponse(BaseModel):
     tokens: int
     components: list[ComponentOut]
     minilm: list[float] = Field(description="the prompt's unit 384-d all-MiniLM-L6-v2 vector")
+    neighbors: list[Neighbor] = Field(default_factory=list, description="the neighbours whose clauses were "
+                                      "candidates, with their weights in the target and their kept columns")
     caption: str | None = None
     note: str | None = None
 
@@ -179,4 +190,4 @@ class MetadataRequest(BaseModel):
 
 class MetadataItem(BaseModel):
     id: int
-    metadata: dict[str, str]
+    metadata: dict[str, Any] = Field(description="caption (the prompt) and the columns the index keeps beside it")
