@@ -18,11 +18,16 @@ TINY_MODEL_CFG = {
 TINY_PREPROCESS_CFG = {"size": 64}
 
 
-def make_tiny_clip(folder: str | Path, *, seed: int = 0) -> Path:
-    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` into ``folder``."""
+def make_tiny_clip(folder: str | Path, *, seed: int = 0, width: int = 64) -> Path:
+    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` into ``folder``: towers of ``width`` (and an
+    embedding of that size; 64 by default), so that tests can hold two models of different widths."""
+    import copy
+
     import open_clip
 
-    return _save_random(open_clip.CLIP, TINY_MODEL_CFG, folder, seed=seed)
+    cfg = copy.deepcopy(TINY_MODEL_CFG)
+    cfg["embed_dim"] = cfg["vision_cfg"]["width"] = cfg["text_cfg"]["width"] = width
+    return _save_random(open_clip.CLIP, cfg, folder, seed=seed)
 
 
 def _save_random(model_class: type, model_cfg: dict, folder: str | Path, *, seed: int) -> Path:

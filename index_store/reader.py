@@ -25,19 +25,22 @@ from .format import (
     FILES,
     FORMAT_NAME,
     FRAGMENT_INDEX_FILES,
+    FRAGMENT_SPACES,
     FRAGMENT_VECTORS,
     FRAGMENTS,
-    INDEX_FILES,
     MANIFEST,
     MINILM,
+    MINILM_SPACE,
     PROMPTS,
+    READABLE_VERSIONS,
     REMOVED,
-    SPACES,
-    VECTOR_FILES,
     files_of,
+    index_file,
     ivfdata_name,
+    rows_file,
+    vectors_file,
 )
-from .manifest import FileInfo, Manifest
+from .manifest import FileInfo, Manifest, SpaceInfo
 from .refine import RefinedIndex
 
 log = logging.getLogger(__name__)
@@ -79,11 +82,39 @@ class Store:
     manifest: Manifest
     table: pa.Table
     minilm: np.ndarray  # float16 [rows, 384], memory-mapped
-    indexes: dict[str, Any]  # space ("clip", "minilm") -> faiss.Index (or a RefinedIndex), memory-mapped
+    indexes: dict[str, Any]  # space (each CLIP space, "minilm") -> faiss.Index (or a RefinedIndex), memory-mapped
     fragments: Fragments | None = None  # the fragment vocabulary (format version 2), None in version 1
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # space -> float16 [rows, d], memory-mapped
     # (version 3 keeps every space's; older stores only MiniLM's)
     removed: np.ndarray | None = None  # bool [rows], True where a prompt was removed; None when none was
+    members: dict[str, np.ndarray] = field(default_factory=dict)  # image space -> bool [rows], the rows it holds
+    # (absent: every row)
+
+    @property
+    def spaces(self) -> list[str]:
+        """The CLIP spaces, primary first (``minilm``, the answer's space, is not among them)."""
+        return list(self.manifest.spaces)
+
+    @property
+    def primary(self) -> str:
+        return self.manifest.primary
+
+    def space(self, name: str) -> SpaceInfo:
+        """A CLIP space's description; an ``InputError`` naming the store's spaces for any other name."""
+        info = self.manifest.spaces.get(name)
+        if info is None:
+            from nearest_prompt.common.errors import InputError
+
+            kind = "image space" if name.endswith("-image") else "space"
+            raise InputError(f"this index has no {kind} {name!r} (its CLIP spaces: {', '.join(self.spaces)}"
+                             + ("; image spaces come from a build with --image-column" if kind == "image space"
+                                else "") + ")", param="space")
+        return info
+
+    def model_space(self, name: str) -> str:
+        """The text space whose CLIP model embeds queries for ``name`` (an image space's ``of``, else itself)."""
+        info = self.space(name)
+        return info.of if info.kind == "image" else name
 
     @property
     def live(self) -> np.ndarray | None:
@@ -109,18 +140,22 @@ class Store:
         part = self.table.select(names).take(pa.array(np.where(valid, ids, 0))).to_pylist()
         return [{k: _plain(v) for k, v in row.items()} if ok else {} for row, ok in zip(part, valid.tolist())]
 
-    def allowed(self, where_expr: str | None = None) -> np.ndarray | None:
-        """bool [rows]: the rows a search may return, live and matching ``where_expr`` (``index_store.where``);
-        None when every row may be returned."""
-        if where_expr is None:
-            return self.live
-        keep = self._where_cache.get(where_expr)
-        if keep is None:
-            keep = where.mask(self.table, where_expr)
-            if len(self._where_cache) >= WHERE_CACHE:
-                self._where_cache.pop(next(iter(self._where_cache)))
-            self._where_cache[where_expr] = keep
-        return keep if self.removed is None else keep & ~self.removed
+    def allowed(self, where_expr: str | None = None, *, space: str | None = None) -> np.ndarray | None:
+        """bool [rows]: the rows a search of ``space`` may return: live, held by the space (an image space holds
+        the prompts that have an image) and matching ``where_expr`` (``index_store.where``); None when every row
+        may be returned."""
+        masks = [m for m in (self.live, self.members.get(space)) if m is not None]
+        if where_expr is not None:
+            keep = self._where_cache.get(where_expr)
+            if keep is None:
+                keep = where.mask(self.table, where_expr)
+                if len(self._where_cache) >= WHERE_CACHE:
+                    self._where_cache.pop(next(iter(self._where_cache)))
+                self._where_cache[where_expr] = keep
+            masks.append(keep)
+        if not masks:
+            return None
+        return functools.reduce(np.logical_and, masks) if len(masks) > 1 else masks[0]
 
     @functools.cached_property
     def _where_cache(self) -> dict[str, np.ndarray]:
@@ -140,10 +175,11 @@ class Store:
 
     @property
     def note(self) -> str | None:
-        """A warning every result from this store should carry (its CLIP model has random weights), or None."""
-        if not self.manifest.clip.random_weights:
+        """A warning every result from this store should carry (a CLIP model has random weights), or None."""
+        random = [info.model.model for info in self.manifest.spaces.values() if info.model.random_weights]
+        if not random:
             return None
-        return (f"this index was built with a CLIP model of random weights ({self.manifest.clip.model}), made for "
+        return (f"this index was built with a CLIP model of random weights ({random[0]}), made for "
                 "tests and the offline quick start: its neighbours and predictions are meaningless")
 
     def describe(self) -> dict[str, Any]:
@@ -181,7 +217,7 @@ class Store:
         if bad_ids.any() or bad_scores.any():
             what = (f"row id {int(ids[bad_ids][0])} outside 0..{self.rows - 1}" if bad_ids.any()
                     else f"similarity {float(s[bad_scores][0])!r}, impossible for unit vectors")
-            raise StoreError(f"index store {self.path}: {INDEX_FILES[space]} returned {what}: the file is "
+            raise StoreError(f"index store {self.path}: {index_file(space)} returned {what}: the file is "
                              f"damaged; " + VERIFY_HINT.format(path=self.path))
 
 
@@ -222,8 +258,11 @@ def is_store(path: str | Path) -> bool:
         data = json.loads((Path(path) / MANIFEST).read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return (isinstance(data, dict) and data.get("format") == FORMAT_NAME and isinstance(data.get("files"), dict)
-            and set(FILES) <= set(data["files"]))  # a version-1 store is rebuilt in place too
+    if not (isinstance(data, dict) and data.get("format") == FORMAT_NAME and isinstance(data.get("files"), dict)):
+        return False
+    version = data.get("format_version")
+    required = files_of(version) if version in READABLE_VERSIONS else FILES
+    return set(required) <= set(data["files"])  # a version-1 store is rebuilt in place too
 
 
 def changed_in_place(store: Store) -> str | None:
@@ -333,28 +372,30 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
         table = pa.ipc.open_file(pa.memory_map(str(path / PROMPTS), "r")).read_all()
     except (pa.ArrowInvalid, OSError) as e:
         raise _fail(path, f"{PROMPTS} is unreadable ({e}); rebuild the store") from e
+    spaces = list(manifest.indexes)  # the CLIP spaces and "minilm"
     vectors = {}
-    for space in SPACES:
-        name = VECTOR_FILES[space]
+    for space in spaces:
+        name = vectors_file(space)
         if name not in manifest.files:  # stores before version 3 keep no CLIP vectors
             continue
-        try:
-            vectors[space] = np.load(path / name, mmap_mode="r")
-        except (ValueError, OSError) as e:
-            raise _fail(path, f"{name} is unreadable ({e}); rebuild the store") from e
-    minilm = vectors["minilm"]
-    dims = {"clip": manifest.clip.embed_dim, "minilm": minilm.shape[-1] if minilm.ndim == 2 else -1}
-    indexes = {s: _open_index(path, manifest, s, vectors.get(s)) for s in SPACES}
+        vectors[space] = _load_array(path, name, mmap=True)
+    minilm = vectors[MINILM_SPACE]
+    dims = {name: info.model.embed_dim for name, info in manifest.spaces.items()}
+    dims[MINILM_SPACE] = minilm.shape[-1] if minilm.ndim == 2 else -1
+    indexes = {s: _open_index(path, manifest, s, vectors.get(s)) for s in spaces}
+    members = {s: _load_array(path, rows_file(s), mmap=False) for s in manifest.spaces if rows_file(s) in manifest.files}
     checks = [
         (table.num_rows == rows, f"{PROMPTS} has {table.num_rows} rows, manifest says {rows}"),
         (table.schema.names[:2] == ["id", "prompt"], f"{PROMPTS} columns are {table.schema.names}, expected id, prompt"),
         (minilm.ndim == 2 and minilm.shape[0] == rows, f"{MINILM} has shape {minilm.shape}, expected ({rows}, 384)"),
-        *[(v.shape == (rows, dims[s]), f"{VECTOR_FILES[s]} has shape {v.shape}, expected ({rows}, {dims[s]})")
+        *[(v.shape == (rows, dims[s]), f"{vectors_file(s)} has shape {v.shape}, expected ({rows}, {dims[s]})")
           for s, v in vectors.items()],
-        *[(indexes[s].d == dims[s], f"{INDEX_FILES[s]} has dimension {indexes[s].d}, the {s} space {dims[s]}")
-          for s in SPACES],
-        *[(indexes[s].ntotal == rows, f"{INDEX_FILES[s]} holds {indexes[s].ntotal} vectors, manifest says {rows}")
-          for s in SPACES],
+        *[(indexes[s].d == dims[s], f"{index_file(s)} has dimension {indexes[s].d}, the {s} space {dims[s]}")
+          for s in spaces],
+        *[(indexes[s].ntotal == rows, f"{index_file(s)} holds {indexes[s].ntotal} vectors, manifest says {rows}")
+          for s in spaces],
+        *[(m.shape == (rows,) and m.dtype == np.bool_, f"{rows_file(s)} has shape {m.shape} of {m.dtype}, expected "
+           f"({rows},) of bool") for s, m in members.items()],
     ]
     for ok, what in checks:
         if not ok:
@@ -363,22 +404,26 @@ def open_store(path: str | Path, *, verify: str = "auto") -> Store:
     fragments = _open_fragments(path, manifest) if manifest.fragments is not None else None
     removed = None
     if REMOVED in manifest.files:
-        try:
-            removed = np.load(path / REMOVED)
-        except (ValueError, OSError) as e:
-            raise _fail(path, f"{REMOVED} is unreadable ({e}); rebuild the store") from e
+        removed = _load_array(path, REMOVED, mmap=False)
         if removed.shape != (rows,) or removed.dtype != np.bool_:
             raise _fail(path, f"{REMOVED} has shape {removed.shape} of {removed.dtype}, expected ({rows},) of bool; "
                               "rebuild the store")
     return Store(path=path, manifest=manifest, table=table, minilm=minilm, indexes=indexes, fragments=fragments,
-                 vectors=vectors, removed=removed)
+                 vectors=vectors, removed=removed, members=members)
+
+
+def _load_array(path: Path, name: str, *, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path / name, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError) as e:
+        raise _fail(path, f"{name} is unreadable ({e}); rebuild the store") from e
 
 
 def _open_index(path: Path, manifest: Manifest, space: str, vectors: np.ndarray | None, *,
                 name: str | None = None, info: Any = None) -> Any:
     """A space's index as its manifest describes it: IVF lists on disk when their file is listed, and a
     refine stage over the space's stored vectors when the index has one."""
-    name = name or INDEX_FILES[space]
+    name = name or index_file(space)
     info = info or manifest.indexes[space]
     try:
         index = read_index(path / name, ondisk=ivfdata_name(name) in manifest.files)
@@ -400,18 +445,18 @@ def _check_ids(path: Path, name: str, table: pa.Table, rows: int) -> None:
 def _open_fragments(path: Path, manifest: Manifest) -> Fragments:
     """The fragment vocabulary, checked like the prompts: row counts, dimensions, ids 0..n-1."""
     rows = manifest.fragments.rows
-    dims = {"clip": manifest.clip.embed_dim, "minilm": manifest.minilm.dim}
+    dims = {"clip": manifest.clip.embed_dim, "minilm": manifest.minilm.dim}  # "clip": the primary space's model
     try:
         table = pa.ipc.open_file(pa.memory_map(str(path / FRAGMENTS), "r")).read_all()
-        vectors = {s: np.load(path / FRAGMENT_VECTORS[s], mmap_mode="r") for s in SPACES}
+        vectors = {s: np.load(path / FRAGMENT_VECTORS[s], mmap_mode="r") for s in FRAGMENT_SPACES}
         indexes = {s: _open_index(path, manifest, s, vectors[s], name=FRAGMENT_INDEX_FILES[s],
-                                  info=manifest.fragments.indexes[s]) for s in SPACES}
+                                  info=manifest.fragments.indexes[s]) for s in FRAGMENT_SPACES}
     except (pa.ArrowInvalid, OSError, ValueError, RuntimeError) as e:
         raise _fail(path, f"the fragment vocabulary is unreadable ({str(e).splitlines()[0][:120]}); "
                           "rebuild the store") from e
     checks = [(table.num_rows == rows, f"{FRAGMENTS} has {table.num_rows} rows, manifest says {rows}"),
               (table.schema.names[:3] == ["id", "fragment", "count"], f"{FRAGMENTS} columns are {table.schema.names}")]
-    for s in SPACES:
+    for s in FRAGMENT_SPACES:
         checks += [(vectors[s].shape == (rows, dims[s]), f"{FRAGMENT_VECTORS[s]} has shape {vectors[s].shape}, "
                                                         f"expected ({rows}, {dims[s]})"),
                    (indexes[s].ntotal == rows and indexes[s].d == dims[s],

@@ -34,12 +34,21 @@ class RefinedIndex:
 def rerank(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of each query's candidate rows ``cand`` [n, kk] (-1: none), scored exactly against
     ``vectors`` (float16 [rows, d], memory-mapped); scores and ids as a FAISS search gives them."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
     if cand.shape[1] < k:  # fewer candidates than asked for: the rest is padding
         cand = np.pad(cand, ((0, 0), (0, k - cand.shape[1])), constant_values=-1)
+    exact = exact_scores(vectors, queries, cand)
+    best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(exact, best, 1)
+    ids = np.where(np.isfinite(scores), np.take_along_axis(cand, best, 1), -1)
+    return scores, ids
+
+
+def exact_scores(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Inner products float32 [n, kk] of each query with its candidate rows ``cand`` [n, kk] of ``vectors`` (float16
+    [rows, d], memory-mapped: rows are read in file order, a chunk of queries at a time); -inf where cand is -1."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
     d, kk = vectors.shape[1], cand.shape[1]
-    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-    ids = np.full((len(q), k), -1, dtype=np.int64)
+    out = np.full((len(q), kk), -np.inf, dtype=np.float32)
     for s in range(0, len(q), REFINE_CHUNK):
         c = cand[s:s + REFINE_CHUNK]
         valid = c >= 0
@@ -48,8 +57,5 @@ def rerank(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -
         vecs = np.empty((len(flat), d), dtype=np.float32)
         vecs[order] = vectors[flat[order]]
         exact = np.einsum("qd,qkd->qk", q[s:s + REFINE_CHUNK], vecs.reshape(len(c), kk, d))
-        exact = np.where(valid, exact, -np.inf)
-        best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        scores[s:s + len(c)] = np.take_along_axis(exact, best, 1)
-        ids[s:s + len(c)] = np.where(np.isfinite(scores[s:s + len(c)]), np.take_along_axis(c, best, 1), -1)
-    return scores, ids
+        out[s:s + len(c)] = np.where(valid, exact, -np.inf)
+    return out

@@ -22,13 +22,15 @@ from .format import (
     FRAGMENT_INDEX_FILES,
     FRAGMENT_VECTORS,
     FRAGMENTS,
-    INDEX_FILES,
     MANIFEST,
     MINILM,
+    MINILM_SPACE,
     PROMPTS,
-    SPACES,
-    VECTOR_FILES,
     files_of,
+    index_file,
+    rows_file,
+    space_name_problem,
+    vectors_file,
 )
 from .manifest import FileInfo, Manifest
 from .reader import foreign_entries, is_store
@@ -66,6 +68,13 @@ def orphans(out: str | Path) -> list[Path]:
         return []
     prefixes = (f".{out.name}{TMP_MARK}", f".{out.name}.old-")
     return sorted(p for p in out.parent.iterdir() if p.is_dir() and p.name.startswith(prefixes))
+
+
+def _checked(space: str) -> str:
+    name = space[:-len("-image")] if space.endswith("-image") else space
+    if space != MINILM_SPACE and space_name_problem(name):
+        raise ValueError(f"not a space name: {space!r}")
+    return space
 
 
 class StoreWriter:
@@ -166,15 +175,17 @@ class StoreWriter:
         return self.staging / MINILM
 
     def index_path(self, space: str) -> Path:
-        """Where the FAISS index of ``space`` (``index_store.format.SPACES``) is to be written (IVF indexes
-        put their lists beside it, a block at a time: ``indexer.ivf_blocks``)."""
-        if space not in SPACES:
-            raise ValueError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
-        return self.staging / INDEX_FILES[space]
+        """Where the FAISS index of ``space`` (a CLIP space, ``NAME-image``, or ``minilm``) is to be written (IVF
+        indexes put their lists beside it, a block at a time: ``indexer.ivf_blocks``)."""
+        return self.staging / index_file(_checked(space))
 
     def vectors_path(self, space: str) -> Path:
         """Where the float16 vectors of ``space`` go (``write_matrix(vectors_path(space).name, ...)``)."""
-        return self.staging / VECTOR_FILES[space]
+        return self.staging / vectors_file(_checked(space))
+
+    def rows_path(self, space: str) -> Path:
+        """Where an image space's row mask goes (bool [rows]: the prompts that have an image)."""
+        return self.staging / rows_file(_checked(space))
 
     def final_path(self, staged: Path) -> Path:
         """Where a file of the staging folder will be once the store is in place."""

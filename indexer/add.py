@@ -11,6 +11,10 @@ again over every prompt (old fragments keep their vectors; new ones are embedded
 have drifted (faiss's imbalance factor twice what it was when they were trained), or a build of the new size
 would plan another index, it says so: a rebuild then pays.
 
+Every space gets the new rows: each CLIP text space embeds them with its model; an image space embeds the images
+the new files name in the column the store was built with (``image_column``), and holds no new row whose file
+has no such column or whose images cannot be read.
+
 The work happens in the store's build folder (``.NAME.build/``, the build's lock held): the deduplicated new
 prompts and the embedding shards stay there, so an interrupted addition run again continues; a run after one
 that completed finds every prompt already in the store and changes nothing.
@@ -40,8 +44,8 @@ from nearest_prompt.common.errors import InputError, ModelError
 from nearest_prompt.common.text import dedup_key
 from nearest_prompt.encoders.clip import load_clip, resolve_spec
 from nearest_prompt.encoders.minilm import load_minilm
-from nearest_prompt.index_store import SPACES, IndexInfo, Store
-from nearest_prompt.index_store.format import FRAGMENT_VECTORS, REMOVED
+from nearest_prompt.index_store import IndexInfo, Store
+from nearest_prompt.index_store.format import FRAGMENT_SPACES, FRAGMENT_VECTORS, MINILM_SPACE, REMOVED
 
 from . import metadata
 from .build import PROMPTS_PER_FRAGMENT, split_budget, write_fragments
@@ -51,9 +55,10 @@ from .encoding import TextEncoding
 from .engine import open_engine
 from .exact_dedup import ExactDedup
 from .faiss_index import IVF_TYPES, extend_index, plan_index
+from .images import embed_images, merge_stats, report_images
 from .prompt_file import PromptFile, write_prompt_file
 from .readers import check_sources, meta_columns
-from .revision import REMOVED_KEYS, build_config, live_prompts, mine, open_for_change, record
+from .revision import REMOVED_KEYS, build_config, fragment_dims, live_prompts, mine, open_for_change, record
 from .shards import ShardedMatrix
 from .workdir import WorkDir
 
@@ -91,7 +96,13 @@ def add(prompt_files: Sequence[str | Path], index: str | Path, *, column: str | 
     device = resolve_device(device)
     kept_columns = {name: str(store.table.schema.field(name).type) for name in store.columns}
     sources = check_sources(list(prompt_files), column=column, delimiter=delimiter, columns=None)
-    sources = [dataclasses.replace(s, meta=tuple((n, k) for n, k in s.meta if n in kept_columns)) for s in sources]
+    images = config.image_column if any(i.kind == "image" for i in store.manifest.spaces.values()) else None
+    wanted = {*kept_columns, *([images] if images else [])}
+    sources = [dataclasses.replace(s, meta=tuple((n, k) for n, k in s.meta if n in wanted)) for s in sources]
+    if images is not None and images not in kept_columns:
+        carried = meta_columns(sources).get(images)
+        if carried is not None:
+            kept_columns = {**kept_columns, images: carried}
     lock = WorkDir(out).lock()
     work = lock.sub("add")  # beside the resumable work of an interrupted build, which stays
     try:
@@ -103,8 +114,8 @@ def add(prompt_files: Sequence[str | Path], index: str | Path, *, column: str | 
         if clean:
             work.clear()
         work.prepare(_work_key(store, sources, limit))
-        result = _add(work, store, sources, config=config, limit=limit, kept_columns=kept_columns,
-                      encoders=encoders, progress=progress)
+        result = _add(work, store, sources, config=config, limit=limit, columns=kept_columns, encoders=encoders,
+                      progress=progress)
         work.remove()
         return result
     except BaseException as e:
@@ -119,20 +130,26 @@ def add(prompt_files: Sequence[str | Path], index: str | Path, *, column: str | 
 
 
 def _encoders(store: Store, *, clip: Any, minilm: Any, device: str) -> dict[str, Any]:
-    """The store's CLIP and MiniLM, as given (checked against the manifest) or loaded from it."""
+    """The store's MiniLM and the CLIP model of each text space, as given (checked against the manifest) or
+    loaded from it."""
     if minilm is None:
         minilm = load_minilm(store.minilm_info.model, device=device)
     if minilm.info.dim != store.minilm_info.dim or (store.minilm_info.weights and minilm.info.weights
                                                     and store.minilm_info.weights != minilm.info.weights):
         raise ModelError(f"MiniLM {minilm.info.model} is not the one the store was built with "
                          f"({store.minilm_info.model})", param="minilm")
-    if clip is None:
-        clip = load_clip(resolve_spec(store.clip_info.spec(), store=store.path), device=device)
-    why = store.clip_info.mismatch(clip.info)
-    if why:
-        raise ModelError(f"CLIP {clip.info.model} is not the model the store was built with "
-                         f"({store.clip_info.spec().label}): {why}", param="clip")
-    return {"minilm": minilm, "clip": clip}
+    given = dict(clip) if isinstance(clip, dict) else {store.primary: clip} if clip is not None else {}
+    encoders = {MINILM_SPACE: minilm}
+    for name, info in store.manifest.spaces.items():
+        if info.kind != "text":
+            continue
+        encoder = given.get(name) or load_clip(resolve_spec(info.model.spec(), store=store.path), device=device)
+        why = info.model.mismatch(encoder.info)
+        if why:
+            raise ModelError(f"CLIP {encoder.info.model} is not the model the store's space {name!r} was built with "
+                             f"({info.model.spec().label}): {why}", param="clip")
+        encoders[name] = encoder
+    return encoders
 
 
 def _work_key(store: Store, sources: list[Any], limit: int | None) -> str:
@@ -143,15 +160,17 @@ def _work_key(store: Store, sources: list[Any], limit: int | None) -> str:
 
 
 def _add(work: WorkDir, store: Store, sources: list[Any], *, config: Any, limit: int | None,
-         kept_columns: dict[str, str], encoders: dict[str, Any], progress: bool) -> AddResult:
+         columns: dict[str, str], encoders: dict[str, Any], progress: bool) -> AddResult:
     t0 = time.perf_counter()
     engine = open_engine("local")
-    dims = {s: encoders[s].dim for s in SPACES}
-    encodings = {s: TextEncoding(s, None, None, encoders[s]) for s in SPACES}
+    spaces = {name: store.model_space(name) for name in store.spaces}  # every CLIP space -> its model's space
+    dims = {**{name: encoders[model].dim for name, model in spaces.items()}, MINILM_SPACE: encoders[MINILM_SPACE].dim}
+    encodings = {name: TextEncoding("minilm" if name == MINILM_SPACE else "clip", None, None, encoder)
+                 for name, encoder in encoders.items()}
 
     _stage("read")  # the new prompts, unique among themselves and new to the store
-    new, stats = _read_stage(work.path, store, sources, limit=limit, kept_columns=kept_columns, progress=progress)
-    grow = estimate(len(new), new.path.stat().st_size, clip_dim=dims["clip"], index_bytes=0,
+    new, stats = _read_stage(work.path, store, sources, limit=limit, columns=columns, progress=progress)
+    grow = estimate(len(new), new.path.stat().st_size, clip_dim=sum(dims[s] for s in spaces), index_bytes=0,
                     fragments=len(new) // PROMPTS_PER_FRAGMENT)
     current = sum(f.bytes for f in store.manifest.files.values())  # the next version rewrites every file
     check_free_space(store.path, DiskEstimate(rows=store.rows + len(new), text_bytes=grow.text_bytes,
@@ -162,7 +181,7 @@ def _add(work: WorkDir, store: Store, sources: list[Any], *, config: Any, limit:
 
     with closing(engine):
         _stage("minilm")
-        minilm_paths = engine.embed(new, encodings["minilm"], dim=dims["minilm"], folder=work.path / "minilm",
+        minilm_paths = engine.embed(new, encodings[MINILM_SPACE], dim=dims[MINILM_SPACE], folder=work.path / "minilm",
                                     shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float16,
                                     desc="MiniLM", progress=progress)
         minilm_new = ShardedMatrix(minilm_paths)
@@ -174,10 +193,19 @@ def _add(work: WorkDir, store: Store, sources: list[Any], *, config: Any, limit:
             return AddResult(store.path, store.rows, 0, {**stats, "added": 0}, [])
         kept_prompts = new if len(kept) == len(new) else _kept_file(work.path, new, keep)
         _stage("clip")
-        clip_paths = engine.embed(kept_prompts, encodings["clip"], dim=dims["clip"], folder=work.path / "clip",
-                                  shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float32,
-                                  desc="CLIP text", progress=progress)
-        vectors_new = {"minilm": _Rows(minilm_new, kept), "clip": ShardedMatrix(clip_paths)}
+        vectors_new: dict[str, Any] = {MINILM_SPACE: _Rows(minilm_new, kept)}
+        for name, model in spaces.items():
+            if name == model:
+                vectors_new[name] = ShardedMatrix(engine.embed(
+                    kept_prompts, encodings[name], dim=dims[name], folder=work.path / name,
+                    shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float32,
+                    desc="CLIP text" + (f" ({name})" if len(encodings) > 2 else ""), progress=progress))
+        members_new: dict[str, np.ndarray] = {}
+        image_stats: dict[str, dict[str, Any]] = {}
+        for name, model in spaces.items():
+            if name != model:
+                vectors_new[name], members_new[name], image_stats[name] = _image_stage(
+                    work.path, name, kept_prompts, sources, encoder=encoders[model], config=config, progress=progress)
 
         _stage("fragments")
         fragments, counts, fstats, fvectors = _fragment_stage(work.path, store, kept_prompts, encodings, dims,
@@ -186,38 +214,70 @@ def _add(work: WorkDir, store: Store, sources: list[Any], *, config: Any, limit:
         rows = store.rows + len(kept)
         _stage("store")
         with index_store.StoreWriter(store.path) as writer:
-            writer.write_prompts(_all_batches(store, kept_prompts, kept_columns))
-            for space in SPACES:
+            writer.write_prompts(_all_batches(store, kept_prompts))
+            for space in [*spaces, MINILM_SPACE]:
                 writer.write_matrix(writer.vectors_path(space).name,
                                     _chain(store.vectors[space], vectors_new[space]), rows=rows, dim=dims[space])
             if store.removed is not None:
                 with atomic_path(writer.staging / REMOVED) as tmp:
                     np.save(tmp, np.concatenate([store.removed, np.zeros(len(kept), dtype=bool)]))
+            members = {name: np.concatenate([store.members.get(name, np.ones(store.rows, bool)), member])
+                       for name, member in members_new.items()}
+            for name, member in members.items():
+                if not member.all():
+                    with atomic_path(writer.rows_path(name)) as tmp:
+                        np.save(tmp, member)
             indexes: dict[str, IndexInfo] = {}
-            for space in SPACES:
+            for space in [*spaces, MINILM_SPACE]:
                 _stage(f"{space}_index")
                 path = writer.index_path(space)
                 old = store.manifest.indexes[space]
-                info = extend_index(store.path / path.name, old.to_dict(), vectors_new[space], path=path,
-                                    all_vectors=np.load(writer.vectors_path(space), mmap_mode="r"),
+                stored = np.load(writer.vectors_path(space), mmap_mode="r")  # the index holds the stored vectors
+                info = extend_index(store.path / path.name, old.to_dict(), _Rows(stored, np.arange(store.rows, rows)),
+                                    path=path, all_vectors=stored,
                                     seed=config.seed, map_blocks=engine.map_blocks,
                                     refine_path=writer.vectors_path(space), final_path=writer.final_path(path))
                 indexes[space] = IndexInfo.from_dict(info)
-                notes += _drift_notes(space, indexes[space], rows, dims[space], config)
+                notes += _drift_notes(space, indexes[space], rows, dims[space], config, spaces=list(spaces))
             finfo = write_fragments(writer, fragments, {"stats": fstats, "counts": counts.tolist()}, fvectors,
-                                    dims=dims, seed=config.seed, map_blocks=engine.map_blocks)
+                                    dims=fragment_dims(store), seed=config.seed, map_blocks=engine.map_blocks)
             stats.update(added=int(len(kept)))
+            space_infos = {name: dataclasses.replace(info, rows=int(members[name].sum()), images={
+                               **merge_stats([{"refs": 0, "images": 0, "rows": 0, "skipped": {}, **info.images},
+                                              image_stats[name]]), "column": info.images.get("column")})
+                           if name in members else info for name, info in store.manifest.spaces.items()}
             entry = {"sources": [s.describe() for s in sources], "stats": stats, "rows_before": store.rows,
                      "rows_after": rows, "seconds": round(time.perf_counter() - t0, 3)}
             _stage("commit")
-            writer.commit(record(store, "additions", entry, rows=rows, indexes=indexes, fragments=finfo))
+            writer.commit(record(store, "additions", entry, rows=rows, indexes=indexes, fragments=finfo,
+                                 spaces=space_infos))
         _stage("committed")
     for note in notes:
         log.warning("%s", note)
     return AddResult(store.path, rows, int(len(kept)), stats, notes)
 
 
-def _read_stage(work: Path, store: Store, sources: list[Any], *, limit: int | None, kept_columns: dict[str, str],
+def _image_stage(work: Path, space: str, prompts: PromptFile, sources: list[Any], *, encoder: Any, config: Any,
+                 progress: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The new rows' vectors in the image space ``space`` (zero where a row has none), its row mask and the image
+    counts: from the store's image column where the new files have it, else none."""
+    column = config.image_column
+    none = {"refs": 0, "images": 0, "rows": 0, "skipped": {}}
+    if column not in prompts.columns:
+        log.warning("%s: the new prompts name no images (no column %r): they are not in this space", space, column)
+        return np.zeros((len(prompts), encoder.dim), np.float32), np.zeros(len(prompts), bool), none
+    try:
+        done = embed_images(prompts, column=column, bases=list(dict.fromkeys(s.path.parent for s in sources)),
+                            encoder=encoder, folder=work / space, shard_size=config.shard_size,
+                            batch_size=config.batch_size, desc=f"CLIP images ({space})", progress=progress)
+    except InputError as e:
+        log.warning("%s: none of the new prompts' images could be read (%s): they are not in this space", space, e)
+        return np.zeros((len(prompts), encoder.dim), np.float32), np.zeros(len(prompts), bool), none
+    report_images(space, done.stats)
+    return ShardedMatrix(done.paths)[0:len(prompts)], done.members, done.stats
+
+
+def _read_stage(work: Path, store: Store, sources: list[Any], *, limit: int | None, columns: dict[str, str],
                 progress: bool) -> tuple[PromptFile, dict[str, int]]:
     """The new prompts: cleaned, unique, not in the store (nor removed from it), in the store's columns, as
     ``work/prompts.arrow`` (a resumed addition reads it back)."""
@@ -226,7 +286,7 @@ def _read_stage(work: Path, store: Store, sources: list[Any], *, limit: int | No
         dedup = ExactDedup(sources, folder=work / "exact_dedup", limit=limit, progress=progress,
                            columns=meta_columns(sources))
         known = _store_keys(store)
-        schema = pa.schema([pa.field("prompt", pa.string()), *metadata.schema_of(kept_columns)])
+        schema = pa.schema([pa.field("prompt", pa.string()), *metadata.schema_of(columns)])
         in_store = 0
 
         def batches():
@@ -288,14 +348,15 @@ def _chain(old: np.ndarray, new: Any, step: int = 65_536):
         yield np.asarray(new[start:start + step])
 
 
-def _all_batches(store: Store, new: PromptFile, kept_columns: dict[str, str]):
-    """The store's rows (id dropped: the writer numbers them again, the same), then the new ones."""
-    names = ["prompt", *kept_columns]
+def _all_batches(store: Store, new: PromptFile):
+    """The store's rows (id dropped: the writer numbers them again, the same), then the new ones (in the store's
+    columns)."""
+    names = ["prompt", *store.columns]
     for batch in store.table.select(names).to_batches(max_chunksize=65_536):
         yield batch
     schema = store.table.select(names).schema
     for batch in new.batches():
-        yield pa.record_batch(batch.columns, schema=schema)
+        yield pa.record_batch([batch.column(n) for n in names], schema=schema)
 
 
 def _near_dedup_stage(work: Path, store: Store, minilm_new: ShardedMatrix, config: Any, progress: bool, *,
@@ -363,13 +424,14 @@ def _fragment_stage(work: Path, store: Store, new: PromptFile, encodings: dict[s
     if not fresh_file.is_file():
         write_prompt_file(fresh_file, [pa.array([texts[i] for i in fresh], pa.string())])
     paths = {}
-    for space in SPACES:
-        embedded = ShardedMatrix(engine.embed(PromptFile(fresh_file), encodings[space], dim=dims[space],
+    sources = {"clip": store.primary, "minilm": MINILM_SPACE}  # the fragments' "clip" vectors: the primary space's
+    for space in FRAGMENT_SPACES:
+        embedded = ShardedMatrix(engine.embed(PromptFile(fresh_file), encodings[sources[space]], dim=dims[sources[space]],
                                               folder=work / f"fragments_{space}", shard_size=config.shard_size,
                                               batch_size=config.batch_size, dtype=np.float16,
                                               desc=f"new fragments ({space})", progress=progress)) \
             if len(fresh) else None
-        out = np.zeros((len(texts), dims[space]), dtype=np.float16)
+        out = np.zeros((len(texts), dims[sources[space]]), dtype=np.float16)
         have = rows >= 0
         if have.any():
             out[have] = store.fragments.vectors[space][rows[have]]
@@ -382,7 +444,7 @@ def _fragment_stage(work: Path, store: Store, new: PromptFile, encodings: dict[s
     return fragments, np.asarray(info["counts"], dtype=np.int64), info["stats"], paths
 
 
-def _drift_notes(space: str, info: IndexInfo, rows: int, dim: int, config: Any) -> list[str]:
+def _drift_notes(space: str, info: IndexInfo, rows: int, dim: int, config: Any, *, spaces: list[str]) -> list[str]:
     """What a rebuild would change for the index of ``space`` now that it holds ``rows``."""
     notes = []
     if info.type in IVF_TYPES and info.imbalance and info.imbalance_at_training and \
@@ -391,7 +453,7 @@ def _drift_notes(space: str, info: IndexInfo, rows: int, dim: int, config: Any) 
                      f"{info.imbalance_at_training:.2f} when trained): searches scan more rows than they need; "
                      "rebuild the store ('nearest-prompt build') to train its lists again")
     if config.index_type == "auto":
-        plan = plan_index(rows, dim, memory_budget_gb=split_budget(config.memory_budget_gb)[space])
+        plan = plan_index(rows, dim, memory_budget_gb=split_budget(config.memory_budget_gb, spaces)[space])
         if plan.type != info.type or (info.type in IVF_TYPES and plan.params["nlist"] >= 2 * info.params["nlist"]):
             notes.append(f"a build of {rows:,} prompts would give the {space} index {_shape(plan.type, plan.params)} "
                          f"(it has {_shape(info.type, info.params)}); rebuild the store ('nearest-prompt build') "

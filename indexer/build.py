@@ -17,13 +17,14 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from nearest_prompt import index_store
 from nearest_prompt.common.atomic import atomic_path, check_folder_writable, write_bytes_atomic
@@ -33,7 +34,8 @@ from nearest_prompt.common.progress import progress_bar
 from nearest_prompt.common.version import library_versions
 from nearest_prompt.encoders.clip import ClipEncoder, load_clip, locate_weights, parse_clip_spec, portable_spec
 from nearest_prompt.encoders.minilm import MiniLMEncoder, load_minilm
-from nearest_prompt.index_store import SPACES, FragmentsInfo, IndexInfo, Manifest
+from nearest_prompt.index_store import FragmentsInfo, IndexInfo, Manifest, SpaceInfo
+from nearest_prompt.index_store.format import FRAGMENT_SPACES, image_space
 
 from .config import BuildConfig
 from .dedup import near_duplicate_keep
@@ -43,6 +45,7 @@ from .engine import open_engine
 from .exact_dedup import ExactDedup
 from .faiss_index import build_index, plan_index
 from .fragments import mine_fragments
+from .images import embed_images, report_images
 from .prompt_file import PromptFile, write_prompt_file
 from .readers import Source, check_sources, holds_prompts, meta_columns
 from .shards import ShardedMatrix, float_blocks
@@ -62,39 +65,50 @@ class BuildResult:
 
 
 def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildConfig | None = None,
-          clip: ClipEncoder | None = None, minilm: MiniLMEncoder | None = None,
+          clip: ClipEncoder | Mapping[str, ClipEncoder] | None = None, minilm: MiniLMEncoder | None = None,
           device: str | None = None, progress: bool = True, clean: bool = False) -> BuildResult:
     """Build (or resume building) an index store at ``out`` from prompt files.
 
-    ``clip`` / ``minilm`` take already-loaded encoders (otherwise they are
-    loaded from ``config``, before the corpus is read). ``clean`` discards
-    the resumable work of an earlier interrupted build. Raises ``InputError``
-    for bad input before any expensive work where it can.
+    ``clip`` / ``minilm`` take already-loaded encoders (otherwise they are loaded from ``config``, before the
+    corpus is read): ``clip`` one encoder (the first CLIP space's), or one per space name. ``clean`` discards the
+    resumable work of an earlier interrupted build. Raises ``InputError`` for bad input before any expensive
+    work where it can.
     """
     config = (config or BuildConfig()).validate()
     device = resolve_device(device)
     out = index_store.check_target(out)
-    sources = check_sources(list(prompt_files), column=config.column, delimiter=config.delimiter,
-                            columns=config.columns)
+    space_specs = config.clip_spaces()
+    given = dict(clip) if isinstance(clip, Mapping) else {space_specs[0].name: clip} if clip is not None else {}
+    unknown = [name for name in given if name not in {s.name for s in space_specs}]
+    if unknown:
+        raise InputError(f"an encoder for {unknown[0]!r}, which is not a space of the build", param="clip")
+    columns = config.columns
+    if config.image_column is not None and columns is not None and config.image_column not in columns:
+        columns = (*columns, config.image_column)  # read for the image stage, not kept
+    sources = check_sources(list(prompt_files), column=config.column, delimiter=config.delimiter, columns=columns)
+    if config.image_column is not None and not any(config.image_column in dict(s.meta) for s in sources):
+        raise InputError(f"no column {config.image_column!r} in the corpus for the images (columns: "
+                         f"{', '.join(meta_columns(sources)) or 'none'})", param="image_column")
     check_folder_writable(out.parent, param="out")
     if not any(holds_prompts(s) for s in sources):
         raise InputError(f"no usable prompts in {', '.join(str(s.path) for s in sources)} (every value is empty or "
                          "not text)", param="prompts")
-    clip_spec = parse_clip_spec(config.clip_model, config.clip_pretrained) if clip is None else None
+    param = {space_specs[0].name: "clip"} if not config.spaces else {}
+    specs = {s.name: parse_clip_spec(s.model, s.pretrained, param=param.get(s.name, "spaces"))
+             for s in space_specs if s.name not in given}
     minilm_spec = config.minilm_model if minilm is None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     work = WorkDir(out).lock()  # before the models load: a second build into out is refused at once
     totals: dict[str, int] = {}
     started = False
     try:
-        if clip is None:
-            locate_weights(clip_spec)  # a CLIP that cannot be had fails in seconds, before MiniLM loads
+        for name, spec in specs.items():
+            locate_weights(spec, param=param.get(name, "spaces"))  # a CLIP that cannot be had fails in seconds
         if minilm is None:
             minilm = load_minilm(config.minilm_model, device=device)
-        if clip is None:
-            clip = load_clip(clip_spec, device=device)
+        clips = {s.name: given.get(s.name) or load_clip(specs[s.name], device=device) for s in space_specs}
         encodings = {"minilm": TextEncoding("minilm", minilm_spec, device, minilm),
-                     "clip": TextEncoding("clip", clip_spec, device, clip)}
+                     **{name: TextEncoding("clip", specs.get(name), device, encoder) for name, encoder in clips.items()}}
         engine = open_engine(config.engine, address=config.ray_address, workers=config.workers,
                              gpus_per_worker=config.gpus_per_worker)
         with closing(engine):
@@ -105,7 +119,7 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
                 work.clear()
             work.prepare(_work_key(config, sources))
             started = True
-            return _build(work, sources, out, config=config, clip=clip, minilm=minilm, progress=progress,
+            return _build(work, sources, out, config=config, clips=clips, minilm=minilm, progress=progress,
                           totals=totals, engine=engine, encodings=encodings)
     except BaseException as e:
         kept = work.after_failure(shard_totals=totals)
@@ -124,18 +138,22 @@ def build(prompt_files: Sequence[str | Path], out: str | Path, *, config: BuildC
         work.unlock()
 
 
-def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConfig, clip: ClipEncoder,
+def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConfig, clips: dict[str, ClipEncoder],
            minilm: MiniLMEncoder, progress: bool, totals: dict[str, int], engine: Any,
            encodings: dict[str, TextEncoding]) -> BuildResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    budgets = split_budget(config.memory_budget_gb)
-    dims = {"clip": clip.dim, "minilm": minilm.dim}
+    primary = next(iter(clips))
+    spaces = {name: name for name in clips}  # every CLIP space -> the text space whose model embeds it
+    if config.image_column is not None:
+        spaces.update({image_space(name): name for name in clips})
+    budgets = split_budget(config.memory_budget_gb, list(spaces))
+    dims = {**{name: clips[model].dim for name, model in spaces.items()}, "minilm": minilm.dim}
 
     def check_space(rows: int, text_bytes: int) -> None:
         index_bytes = sum(plan_index(rows, dims[s], index_type=config.index_type,
-                                     memory_budget_gb=budgets[s]).estimated_bytes(rows, dims[s]) for s in SPACES)
-        check_free_space(out, estimate(rows, text_bytes, clip_dim=clip.dim, index_bytes=index_bytes,
+                                     memory_budget_gb=budgets[s]).estimated_bytes(rows, dims[s]) for s in budgets)
+        check_free_space(out, estimate(rows, text_bytes, clip_dim=sum(dims[s] for s in spaces), index_bytes=index_bytes,
                                        fragments=min(config.max_fragments, rows // PROMPTS_PER_FRAGMENT)),
                          already=work.size_bytes())
 
@@ -143,7 +161,7 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     _stage("read")
     prompts, clean_stats = _read_stage(work.path, sources, config, progress)
     timings["read"] = time.perf_counter() - t0
-    totals.update(minilm=-(-len(prompts) // config.shard_size), clip=-(-len(prompts) // config.shard_size))
+    totals.update(minilm=-(-len(prompts) // config.shard_size))
     check_space(len(prompts), prompts.path.stat().st_size)  # now with the exact count
 
     _stage("minilm")
@@ -159,7 +177,7 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     keep = _near_dedup_stage(work.path, minilm_all, config, progress, map_blocks=engine.map_blocks)
     kept = np.flatnonzero(keep)
     kept_prompts = _kept_prompts(work.path, prompts, keep)
-    totals["clip"] = -(-len(kept) // config.shard_size)
+    totals.update({name: -(-len(kept) // config.shard_size) for name in clips})
     timings["near_dedup"] = time.perf_counter() - t
 
     _stage("fragments")
@@ -168,32 +186,52 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     totals.update(fragments_minilm=-(-len(fragments) // config.shard_size),
                   fragments_clip=-(-len(fragments) // config.shard_size))
     fragment_paths = {
-        space: engine.embed(fragments, encodings[space], dim=dims[space], folder=work.path / f"fragments_{space}",
+        space: engine.embed(fragments, encodings[source], dim=dims[source], folder=work.path / f"fragments_{space}",
                             shard_size=config.shard_size, batch_size=config.batch_size, dtype=np.float16,
                             desc=f"fragments {label}", progress=progress) if len(fragments) else []
-        for space, label in (("minilm", "MiniLM"), ("clip", "CLIP text"))}
+        for space, source, label in (("minilm", "minilm", "MiniLM"), ("clip", primary, "CLIP text"))}
     timings["fragments"] = time.perf_counter() - t
 
     _stage("clip")
     t = time.perf_counter()
-    clip_paths = engine.embed(
-        kept_prompts, encodings["clip"], dim=clip.dim, folder=work.path / "clip", shard_size=config.shard_size,
-        batch_size=config.batch_size, dtype=np.float32, desc="CLIP text", progress=progress)
+    vector_paths = {name: engine.embed(
+        kept_prompts, encodings[name], dim=dims[name], folder=work.path / name, shard_size=config.shard_size,
+        batch_size=config.batch_size, dtype=np.float32, desc="CLIP text" + (f" ({name})" if len(clips) > 1 else ""),
+        progress=progress) for name in clips}
     timings["clip"] = time.perf_counter() - t
+    members: dict[str, np.ndarray] = {}
+    image_stats: dict[str, dict[str, Any]] = {}
+    if config.image_column is not None:
+        _stage("images")
+        t = time.perf_counter()
+        bases = list(dict.fromkeys(s.path.parent for s in sources))
+        for name, model in spaces.items():
+            if name == model:
+                continue
+            done = embed_images(kept_prompts, column=config.image_column, bases=bases, encoder=clips[model],
+                                folder=work.path / name, shard_size=config.shard_size, batch_size=config.batch_size,
+                                desc=f"CLIP images ({model})", progress=progress)
+            vector_paths[name], members[name], image_stats[name] = done.paths, done.members, done.stats
+            report_images(name, done.stats)
+        timings["images"] = time.perf_counter() - t
 
     _stage("store")
     t = time.perf_counter()
     indexes: dict[str, IndexInfo] = {}
     with index_store.StoreWriter(out) as writer:
-        writer.write_prompts(kept_prompts.batches())
+        writer.write_prompts(_store_batches(kept_prompts, config))
         writer.write_minilm(_kept_rows(minilm_all, kept, progress), rows=len(kept), dim=minilm_all.dim)
-        clip_all = ShardedMatrix(clip_paths)
-        writer.write_matrix(writer.vectors_path("clip").name, (b for _, b in float_blocks(clip_all, 65_536)),
-                            rows=len(kept), dim=clip.dim)
-        vectors = {"clip": lambda: clip_all, "minilm": lambda: ShardedMatrix([writer.minilm_path])}
-        for space in SPACES:
+        for name, member in members.items():
+            if not member.all():
+                with atomic_path(writer.rows_path(name)) as tmp:
+                    np.save(tmp, member)
+        for space in [*spaces, "minilm"]:
             _stage(f"{space}_index")
-            matrix = vectors[space]()
+            if space != "minilm":  # the index holds the stored (float16) vectors: exact rescoring agrees with it
+                writer.write_matrix(writer.vectors_path(space).name,
+                                    (b for _, b in float_blocks(ShardedMatrix(vector_paths[space]), 65_536)),
+                                    rows=len(kept), dim=dims[space])
+            matrix = ShardedMatrix([writer.vectors_path(space)])
             plan = plan_index(len(kept), matrix.dim, index_type=config.index_type, memory_budget_gb=budgets[space])
             if plan.note:
                 log.warning("%s index: %s", space, plan.note)
@@ -206,15 +244,22 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
             del matrix
             _return_free_memory()
         _stage("fragment_indexes")
-        fragment_info = write_fragments(writer, fragments, fragment_stats, fragment_paths, dims=dims,
-                                         seed=config.seed, map_blocks=engine.map_blocks)
+        fragment_info = write_fragments(writer, fragments, fragment_stats, fragment_paths,
+                                        dims={"clip": dims[primary], "minilm": dims["minilm"]},
+                                        seed=config.seed, map_blocks=engine.map_blocks)
         _stage("commit")
         timings["index"] = time.perf_counter() - t
         stats = {**clean_stats, "near_duplicates": int(len(keep) - len(kept)), "rows": int(len(kept)),
                  "fragments": fragment_info.rows}
+        space_infos = {name: SpaceInfo(kind="text" if name == model else "image",
+                                       model=portable_spec(clips[model].info, store=out),
+                                       of=None if name == model else model,
+                                       rows=int(members[name].sum()) if name in members else None,
+                                       images=image_stats.get(name, {}))
+                       for name, model in spaces.items()}
         writer.commit(Manifest(
             rows=int(len(kept)), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            clip=portable_spec(clip.info, store=out), minilm=minilm.info, indexes=indexes,
+            spaces=space_infos, minilm=minilm.info, indexes=indexes,
             build={"config": config.to_dict(), "sources": [s.describe() for s in sources],
                    "stats": stats, "seconds": {k: round(v, 3) for k, v in timings.items()}},
             versions=library_versions(), fragments=fragment_info,
@@ -222,6 +267,16 @@ def _build(work: WorkDir, sources: list[Source], out: Path, *, config: BuildConf
     work.remove()
     _stage("done")
     return BuildResult(path=out, rows=int(len(kept)), stats=stats)
+
+
+def _store_batches(prompts: PromptFile, config: BuildConfig) -> Iterator[pa.RecordBatch]:
+    """The kept prompts with the columns the store keeps: not bytes, and the image column only when it was
+    among the columns asked for (or all were)."""
+    drop = {f.name for f in prompts.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)}
+    if config.image_column is not None and config.columns is not None and config.image_column not in config.columns:
+        drop.add(config.image_column)
+    for batch in prompts.batches():
+        yield batch.drop_columns([n for n in batch.schema.names if n in drop]) if drop else batch
 
 
 def _disk_full(e: BaseException) -> str | None:
@@ -318,7 +373,7 @@ def write_fragments(writer: index_store.StoreWriter, fragments: PromptFile, meta
     n = len(fragments)
     writer.write_fragments(fragments[:].combine_chunks(), np.asarray(meta["counts"], dtype=np.int64))
     indexes = {}
-    for space in SPACES:
+    for space in FRAGMENT_SPACES:
         matrix = ShardedMatrix(paths[space])
         writer.write_matrix(writer.fragment_vectors_path(space).name,
                             (block for _, block in float_blocks(matrix, 65_536)), rows=n, dim=dims[space])
@@ -342,10 +397,10 @@ def _kept_rows(minilm_all: ShardedMatrix, kept: np.ndarray, progress: bool) -> I
             bar.update(len(rows))
 
 
-def split_budget(memory_budget_gb: float) -> dict[str, float]:
-    """The memory budget split between the spaces' FAISS indexes: CLIP (searched for every image) gets
-    three quarters, MiniLM (text and caption queries) one quarter."""
-    return {"clip": 0.75 * memory_budget_gb, "minilm": 0.25 * memory_budget_gb}
+def split_budget(memory_budget_gb: float, spaces: Sequence[str] = ("clip",)) -> dict[str, float]:
+    """The memory budget split between the spaces' FAISS indexes: the CLIP spaces (searched for every image)
+    share three quarters equally, MiniLM (text and caption queries) gets one quarter."""
+    return {**{s: 0.75 * memory_budget_gb / len(spaces) for s in spaces}, "minilm": 0.25 * memory_budget_gb}
 
 
 def _return_free_memory() -> None:

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nearest_prompt.common.errors import InputError
-from nearest_prompt.encoders.clip import DEFAULT_CLIP
+from nearest_prompt.encoders.clip import DEFAULT_CLIP, HF_HUB, LOCAL_DIR
 from nearest_prompt.encoders.minilm import DEFAULT_MINILM
+from nearest_prompt.index_store.format import PRIMARY, space_name_problem
 
 ENGINES = ("local", "ray")
 DEFAULT_NEAR_DUP_THRESHOLD = 0.95
@@ -16,10 +17,38 @@ DEFAULT_FRAGMENT_MIN_COUNT = 3
 DEFAULT_MAX_FRAGMENTS = 100_000
 
 
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A CLIP space to build: its name, and the model as ``--clip`` takes it (with ``--pretrained``'s tag or file)."""
+
+    name: str
+    model: str
+    pretrained: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SpaceSpec:
+        """``NAME=MODEL[@PRETRAINED]`` (a ``local-dir:`` or ``hf-hub:`` model takes no ``@``)."""
+        name, sep, model = str(text).partition("=")
+        if not sep or not name or not model:
+            raise InputError(f"{text!r}: give a space as NAME=MODEL[@PRETRAINED], e.g. big=ViT-bigG-14@laion2b_s39b_b160k",
+                             param="spaces")
+        pretrained = None
+        if "@" in model and not model.startswith((LOCAL_DIR, HF_HUB)):
+            model, pretrained = model.rsplit("@", 1)
+        return cls(name.strip(), model.strip(), (pretrained or "").strip() or None)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.model}" + (f"@{self.pretrained}" if self.pretrained else "")
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuildConfig:
     clip_model: str = DEFAULT_CLIP
     clip_pretrained: str | None = None  # None: the default tag for the default model
+    # the CLIP spaces, "NAME=MODEL[@PRETRAINED]" each (SpaceSpec), in order: the first is the primary one; empty:
+    # one space "clip" of clip_model / clip_pretrained
+    spaces: tuple[str, ...] = ()
+    image_column: str | None = None  # images of the prompts (paths or bytes): an image space NAME-image per space
     minilm_model: str = DEFAULT_MINILM
     column: str | None = None  # None: "prompt" for parquet, CSV and JSONL
     delimiter: str | None = None  # CSV only; None: the first of , ; tab | whose header holds the column
@@ -43,7 +72,25 @@ class BuildConfig:
 
     RUN_OPTIONS = ("engine", "ray_address", "workers", "gpus_per_worker")
 
+    def clip_spaces(self) -> list[SpaceSpec]:
+        """The CLIP spaces to build, primary first."""
+        if not self.spaces:
+            return [SpaceSpec(PRIMARY, self.clip_model, self.clip_pretrained)]
+        return [SpaceSpec.parse(s) for s in self.spaces]
+
     def validate(self) -> BuildConfig:
+        if isinstance(self.spaces, str):
+            raise InputError(f"spaces must be a sequence of NAME=MODEL texts, got {self.spaces!r}", param="spaces")
+        names = [s.name for s in self.clip_spaces()]
+        for name in names:
+            problem = space_name_problem(name)
+            if problem:
+                raise InputError(problem, param="spaces")
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise InputError(f"space {twice!r} is named twice; give each space its own name", param="spaces")
+        if self.image_column is not None and (not isinstance(self.image_column, str) or not self.image_column):
+            raise InputError(f"image_column must be a column name, got {self.image_column!r}", param="image_column")
         if self.columns is not None and (isinstance(self.columns, str) or not all(isinstance(c, str) and c
                                                                               for c in self.columns)):
             raise InputError(f"columns must be a sequence of column names, got {self.columns!r}", param="columns")

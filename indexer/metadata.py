@@ -61,9 +61,12 @@ def infer_json(values: Sequence[Any]) -> str:
 
 
 def arrow_kind(field: pa.Field) -> str:
-    """A parquet column's type as kept: its own when primitive, else JSON text."""
+    """A parquet column's type as kept: its own when primitive, JSON text when nested, ``binary`` for bytes (an
+    image column's; a store keeps no bytes beside its prompts)."""
     t = field.type
-    if pa.types.is_nested(t) or pa.types.is_dictionary(t) or pa.types.is_binary(t):
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return "binary"
+    if pa.types.is_nested(t) or pa.types.is_dictionary(t):
         return "json" if pa.types.is_nested(t) else "string"
     return str(t)
 
@@ -71,6 +74,8 @@ def arrow_kind(field: pa.Field) -> str:
 def unify(a: str, b: str) -> str:
     if a == b:
         return a
+    if "binary" in (a, b):
+        return "binary"
     if {a, b} <= {"int64", "float64", "int32", "float32", "int16", "int8", "uint8", "uint16", "uint32", "uint64"}:
         return "float64"
     return "string"

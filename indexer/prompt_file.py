@@ -68,6 +68,13 @@ class PromptFile:
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise ValueError("PromptFile slices take no step")
+        return self._slice(0, start, stop)
+
+    def column(self, name: str, start: int, stop: int) -> list:
+        """Rows ``start:stop`` of a kept column, as Python values."""
+        return self._slice(self.schema.get_field_index(name), start, stop).to_pylist()
+
+    def _slice(self, col: int, start: int, stop: int) -> pa.ChunkedArray:
         parts = []
         first = int(np.searchsorted(self.offsets, start, side="right")) - 1
         with pa.OSFile(str(self.path), "rb") as f:
@@ -75,11 +82,11 @@ class PromptFile:
             b = max(first, 0)
             while start < stop and b < reader.num_record_batches:
                 lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
-                column = reader.get_batch(b).column(0)
+                column = reader.get_batch(b).column(col)
                 parts.append(column.slice(max(start, lo) - lo, min(stop, hi) - max(start, lo)))
                 start = hi
                 b += 1
-        return pa.chunked_array(parts, type=pa.string())
+        return pa.chunked_array(parts, type=self.schema.field(col).type)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Every batch in order (the prompt and the kept columns), one read at a time."""

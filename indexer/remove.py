@@ -14,6 +14,7 @@ remaining prompts; a fragment only removed prompts held (fewer than the rule's m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -30,12 +31,22 @@ from nearest_prompt import index_store
 from nearest_prompt.common.atomic import atomic_path
 from nearest_prompt.common.errors import InputError
 from nearest_prompt.common.text import dedup_key
-from nearest_prompt.index_store import SPACES, Store
-from nearest_prompt.index_store.format import FRAGMENT_FILES, MANIFEST, REMOVED, VECTOR_FILES
+from nearest_prompt.index_store import Store
+from nearest_prompt.index_store.format import FRAGMENT_FILES, FRAGMENT_SPACES, MANIFEST, REMOVED, vectors_file
 
 from .build import write_fragments
 from .prompt_file import PromptFile, write_prompt_file
-from .revision import REMOVED_KEYS, build_config, link_or_copy, live_prompts, mine, open_for_change, record, zeroed
+from .revision import (
+    REMOVED_KEYS,
+    build_config,
+    fragment_dims,
+    link_or_copy,
+    live_prompts,
+    mine,
+    open_for_change,
+    record,
+    zeroed,
+)
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -140,20 +151,18 @@ def _write(work: Path, store: Store, new: np.ndarray, removed: np.ndarray, *, se
     keys = [dedup_key(t).hex() for t in store.table.column("prompt").filter(pa.array(new)).to_pylist() if t]
     with index_store.StoreWriter(store.path) as writer:
         writer.write_prompts(_blanked(store, names, removed))
-        for space in SPACES:
-            writer.write_matrix(VECTOR_FILES[space], zeroed(store.vectors[space], removed), rows=store.rows,
-                                dim=store.vectors[space].shape[1])
+        for space, vectors in store.vectors.items():
+            writer.write_matrix(vectors_file(space), zeroed(vectors, removed), rows=store.rows, dim=vectors.shape[1])
         with atomic_path(writer.staging / REMOVED) as tmp:
             np.save(tmp, removed)
-        kept_files = {*VECTOR_FILES.values(), *FRAGMENT_FILES, REMOVED, MANIFEST, index_store.format.PROMPTS}
+        kept_files = {*map(vectors_file, store.vectors), *FRAGMENT_FILES, REMOVED, MANIFEST, index_store.format.PROMPTS}
         for name in store.manifest.files:
             if name not in kept_files:  # the index files (and their lists), unchanged
                 link_or_copy(store.path / name, writer.staging / name)
-        after = Store(path=store.path, manifest=store.manifest, table=store.table, minilm=store.minilm,
-                      indexes=store.indexes, fragments=store.fragments, vectors=store.vectors, removed=removed)
+        after = dataclasses.replace(store, removed=removed)
         fragments, counts, stats, paths = _vocabulary(work, after, progress=progress)
         finfo = write_fragments(writer, fragments, {"stats": stats, "counts": counts.tolist()}, paths,
-                                dims={s: store.vectors[s].shape[1] for s in SPACES}, seed=config.seed,
+                                dims=fragment_dims(store), seed=config.seed,
                                 map_blocks=None)
         build_keys = [*store.manifest.build.get(REMOVED_KEYS, []), *keys]
         manifest = record(store, "removals", {"selector": selector, "removed": int(new.sum()),
@@ -187,9 +196,10 @@ def _vocabulary(work: Path, store: Store, *, progress: bool):
     fragments_path = work / "removal_fragments.arrow"
     write_prompt_file(fragments_path, [pa.array([t for t, h in zip(texts, have) if h], pa.string())])
     paths = {}
-    for space in SPACES:
+    dims = fragment_dims(store)
+    for space in FRAGMENT_SPACES:
         vectors = store.fragments.vectors[space][rows[have]] if store.fragments is not None else \
-            np.zeros((0, store.vectors[space].shape[1]), np.float16)
+            np.zeros((0, dims[space]), np.float16)
         path = work / f"removal_{space}.npy"
         with atomic_path(path) as tmp:
             np.save(tmp, np.asarray(vectors, dtype=np.float16))

@@ -38,14 +38,24 @@ log = logging.getLogger(__name__)
 REMOVED_KEYS = "removed_keys"  # in the manifest's build entry: dedup keys (hex) of the prompts removed
 
 
+CHANGEABLE_VERSION = 3  # the oldest store format a change can start from (the first that keeps every space's vectors)
+
+
 def open_for_change(index: str | Path, *, what: str) -> Store:
-    """The store at ``index``, refused in one line when it cannot be changed (not a store, too old)."""
+    """The store at ``index``, refused in one line when it cannot be changed (not a store, too old). Its next
+    version is written in the current format."""
     path = Path(index).expanduser().absolute()
     store = index_store.open_store(path)
-    if store.manifest.format_version < FORMAT_VERSION:
+    if store.manifest.format_version < CHANGEABLE_VERSION:
         raise InputError(f"{path} is a store of format version {store.manifest.format_version}; {what} needs "
-                         f"version {FORMAT_VERSION}: rebuild it with this version of nearest-prompt", param="index")
+                         f"version {CHANGEABLE_VERSION} or later: rebuild it with this version of nearest-prompt",
+                         param="index")
     return store
+
+
+def fragment_dims(store: Store) -> dict[str, int]:
+    """The dimensions of the fragment vocabulary's spaces: "clip" is the primary space's model."""
+    return {"clip": store.manifest.clip.embed_dim, "minilm": store.manifest.minilm.dim}
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -93,7 +103,7 @@ def record(store: Store, key: str, entry: dict[str, Any], **changes: Any) -> Man
     ``changes`` applied."""
     build = dict(store.manifest.build)
     build[key] = [*build.get(key, []), {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}]
-    return dataclasses.replace(store.manifest, build=build, **changes)
+    return dataclasses.replace(store.manifest, build=build, format_version=FORMAT_VERSION, **changes)
 
 
 def fragments_info(store: Store, info: FragmentsInfo, stats: dict[str, Any]) -> FragmentsInfo:

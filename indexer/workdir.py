@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 RESUMABLE_FILES = ("prompts.arrow", "clean_stats.json", "keep.npy", "kept.arrow", "fragments.arrow",
                    "fragments.json")
-SHARD_FOLDERS = ("minilm", "clip", "fragments_minilm", "fragments_clip")
+SHARD_FILES = "[0-9][0-9][0-9][0-9][0-9].npy"  # a shard file, in a folder of its stage: minilm/, clip/, NAME-image/ ...
 
 
 class WorkDir:
@@ -102,7 +102,9 @@ class WorkDir:
 
     def finished_shards(self) -> int:
         """Shard files in the shard folders (a shard file only ever appears whole)."""
-        return sum(len(list((self.path / name).glob("[0-9]*.npy"))) for name in SHARD_FOLDERS)
+        if not self.path.is_dir():
+            return 0
+        return sum(len(list(folder.glob(SHARD_FILES))) for folder in self.path.iterdir() if folder.is_dir())
 
     def size_bytes(self) -> int:
         """What the folder holds on disk now."""
@@ -118,7 +120,7 @@ class WorkDir:
             self.remove()
             return "nothing was kept"
         done = self.finished_shards()
-        total = sum(shard_totals.get(k, 0) for k in SHARD_FOLDERS) or done
+        total = sum(shard_totals.values()) or done
         kept = [what for what, present in (("the deduplicated prompts", (self.path / "prompts.arrow").is_file()),
                                            (f"{done} of {total} embedding shards", total > 0)) if present]
         return (f"resumable: {' and '.join(kept)} ({self.size_bytes() / 2**20:.1f} MiB) kept in {self.path}; run the "

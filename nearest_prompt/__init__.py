@@ -22,8 +22,9 @@ from .common.version import __version__
 
 _EXPORTS = {
     "build": "indexer", "BuildConfig": "indexer", "BuildResult": "indexer", "add": "indexer", "remove": "indexer",
+    "add_space": "indexer",
     "Retriever": "retriever", "Neighbors": "retriever", "Prediction": "retriever", "Weighting": "retriever",
-    "QueryResult": "retriever",
+    "QueryResult": "retriever", "SearchPlan": "retriever",
     "Composer": "composer", "ComposeOptions": "composer", "Composition": "composer",
     "open_store": "index_store", "Store": "index_store",
     "blend_predictions": "evaluation.ensemble", "evaluate": "evaluation.run",

@@ -1,14 +1,16 @@
-"""``Retriever``: open a store, embed queries with its models, search a space, predict.
+"""``Retriever``: open a store, embed queries with its models, search its spaces, predict.
 
-Spaces (``index_store.format.SPACES``): ``"clip"`` (images, and texts through the CLIP text encoder)
-and ``"minilm"`` (texts through MiniLM). Every search and text embedding takes the space as a
-parameter, so a third space is a new entry, not a copy of these methods.
+Spaces: the store's CLIP spaces (``"clip"`` by default; more with ``build --space``, and image spaces
+``NAME-image``: images, and texts through that space's CLIP text encoder) and ``"minilm"`` (texts through
+MiniLM). Every search and embedding takes the space as a parameter; a ``SearchPlan`` (``retriever.plans``)
+searches several (a cascade, a fusion), with the queries embedded once per model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,9 @@ from nearest_prompt.encoders.clip import (
 )
 from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped, load_image
 from nearest_prompt.encoders.minilm import MiniLMEncoder, load_minilm
-from nearest_prompt.index_store.format import SPACES
+from nearest_prompt.index_store.format import MINILM_SPACE
 
+from .plans import SearchPlan, run_plan
 from .search import Neighbors, check_k, search
 from .weighting import Prediction, Weighting, blend, fuse, neighbor_shares
 
@@ -42,11 +45,13 @@ DEFAULT_K_PREDICT = 100
 
 @dataclass
 class EmbeddedImages:
-    """CLIP vectors for the images that could be read, plus those skipped."""
+    """CLIP vectors for the images that could be read, plus those skipped. ``vectors``: the first space's asked
+    for (the primary one by default); ``by_space``: every space's asked for (each model ran once)."""
 
     paths: list[Path]
     vectors: np.ndarray
     skipped: list[Skipped] = field(default_factory=list)
+    by_space: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,28 +68,22 @@ class QueryResult:
     metadata: list[dict[str, Any]] = field(default_factory=list)  # the store's kept columns, one dict a neighbour
 
 
-def check_space(space: str) -> str:
-    if space not in SPACES:
-        raise InputError(f"space must be one of {', '.join(SPACES)}, got {space!r}", param="space")
-    return space
-
-
 class Retriever:
     """Search and predict over one index store.
 
-    The CLIP model is loaded on first use, from the store's manifest unless
-    ``clip`` names another copy of it (e.g. ``local-dir:`` after moving the
-    weights); a model that differs from the one the index was built with is
-    refused. ``clip`` and ``minilm`` also take loaded encoders: ``ClipEncoder`` and ``MiniLMEncoder``, or
-    any object with the same methods and ``info`` (the service passes encoders that queue their work).
+    Each CLIP model is loaded on first use, from the store's manifest unless ``clip`` names another copy of the
+    primary space's model (e.g. ``local-dir:`` after moving the weights); a model that differs from the one the
+    index was built with is refused. ``clip`` and ``minilm`` also take loaded encoders: ``ClipEncoder`` and
+    ``MiniLMEncoder``, or any object with the same methods and ``info`` (the service passes encoders that queue
+    their work); ``clips`` the encoders of other CLIP text spaces, by name.
     """
 
     def __init__(self, store: index_store.Store, *, clip: str | ClipSpec | ClipEncoder | Any = None,
                  pretrained: str | None = None, minilm: str | MiniLMEncoder | Any = None,
-                 device: str | None = None):
+                 device: str | None = None, clips: dict[str, Any] | None = None):
         self.store = store
         self.device = device
-        self._clip: ClipEncoder | None = None
+        self._clips: dict[str, Any] = {}  # text space -> its CLIP encoder, loaded on first use
         self._search_views: dict[str, Any] = {}  # faster views of store.indexes (see use_search_backend)
         self._minilm: MiniLMEncoder | None = None
         self._minilm_spec: str | None = None
@@ -100,8 +99,11 @@ class Retriever:
         elif isinstance(clip, str):
             self._clip_spec = parse_clip_spec(clip, pretrained)
         elif clip is not None:  # an encoder: ClipEncoder, or one like it (encode_text, encode_images, info)
-            self._check_model(clip)
-            self._clip = clip
+            self._check_model(clip, store.primary)
+            self._clips[store.primary] = clip
+        for name, encoder in (clips or {}).items():
+            self._check_model(encoder, name)
+            self._clips[name] = encoder
 
     @classmethod
     def open(cls, path: str | Path, *, clip: str | ClipSpec | ClipEncoder | None = None,
@@ -110,9 +112,9 @@ class Retriever:
         return cls(index_store.open_store(path, verify=verify), clip=clip, pretrained=pretrained,
                    minilm=minilm, device=device)
 
-    def with_encoders(self, *, clip: Any, minilm: Any) -> Retriever:
+    def with_encoders(self, *, clip: Any, minilm: Any, clips: dict[str, Any] | None = None) -> Retriever:
         """The same store and search backend with other encoders (e.g. ones that queue their work)."""
-        other = Retriever(self.store, clip=clip, minilm=minilm, device=self.device)
+        other = Retriever(self.store, clip=clip, minilm=minilm, device=self.device, clips=clips)
         other._search_views = self._search_views
         return other
 
@@ -123,39 +125,52 @@ class Retriever:
     # -- models ---------------------------------------------------------------
     @property
     def clip(self) -> ClipEncoder:
-        if self._clip is None:
-            built_with = self.store.clip_info
-            spec = self._clip_spec or resolve_spec(built_with.spec(), store=self.store.path)
+        """The primary CLIP space's encoder."""
+        return self.clip_for(self.store.primary)
+
+    def text_spaces(self) -> list[str]:
+        """The CLIP text spaces: one a CLIP model (an image space is embedded by its text space's model)."""
+        return [name for name, info in self.store.manifest.spaces.items() if info.kind == "text"]
+
+    def clip_for(self, space: str) -> ClipEncoder:
+        """The CLIP encoder of a space (an image space's is its text space's), loaded on first use."""
+        name = self.store.model_space(space)
+        if name not in self._clips:
+            info = self.store.space(name).model
+            given = self._clip_spec if name == self.store.primary else None
+            spec = given or resolve_spec(info.spec(), store=self.store.path)
             try:
                 encoder = load_clip(spec, device=self.device)
             except (ModelError, FileNotFoundError) as e:
-                if self._clip_spec is None:
+                if given is None:
                     raise ModelError(
-                        f"the CLIP model this index was built with ({spec.label}) cannot be loaded "
-                        f"here ({e}); give the location of a copy of the same weights as clip", param="clip"
-                    ) from e
+                        f"the CLIP model this index was built with ({spec.label}) cannot be loaded here ({e}); give "
+                        "the location of a copy of the same weights as clip" if name == self.store.primary else
+                        f"the CLIP model of the index's space {name!r} ({spec.label}) cannot be loaded here ({e}); "
+                        "put a copy of the same weights where the store's manifest says", param="clip") from e
                 raise
-            self._check_model(encoder)
-            self._clip = encoder
-        return self._clip
+            self._check_model(encoder, name)
+            self._clips[name] = encoder
+        return self._clips[name]
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
-        """CLIP tokens of each text, untruncated, start and end included (the store's CLIP tokenizer; the
+        """CLIP tokens of each text, untruncated, start and end included (the primary space's CLIP tokenizer; the
         model's weights are not loaded for this)."""
-        if self._clip is not None:
-            return self._clip.count_tokens(texts)
+        primary = self._clips.get(self.store.primary)
+        if primary is not None:
+            return primary.count_tokens(texts)
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self._clip_spec or resolve_spec(self.store.clip_info.spec(),
                                                                              store=self.store.path))
         return count_tokens(self._tokenizer, texts)
 
-    def _check_model(self, encoder: ClipEncoder) -> None:
-        built_with = self.store.clip_info
+    def _check_model(self, encoder: ClipEncoder, space: str) -> None:
+        built_with = self.store.space(space).model
         why = built_with.mismatch(encoder.info)
         if why:
             raise ModelError(
-                f"CLIP {encoder.info.model} does not match the model this index was built with "
-                f"({built_with.spec().label}): {why}; query with the same model, or rebuild the index", param="clip"
+                f"CLIP {encoder.info.model} does not match the model this index was built with (space {space!r}: "
+                f"{built_with.spec().label}): {why}; query with the same model, or rebuild the index", param="clip"
             )
 
     @property
@@ -176,30 +191,76 @@ class Retriever:
                 "use the same model", param="minilm"
             )
 
+    def check_space(self, space: str) -> str:
+        """``space`` when the store has it (a CLIP space or "minilm"); else an ``InputError`` naming them."""
+        if space != MINILM_SPACE:
+            self.store.space(space)
+        return space
+
+    def plan(self, plan: SearchPlan | None = None, *, space: str | None = None) -> SearchPlan:
+        """``plan`` (or a plain search of ``space``, the primary space by default), its spaces checked."""
+        plan = plan or SearchPlan(space=space)
+        for name in plan.spaces(self.store.primary):
+            self.check_space(name)
+        if plan.cascade or plan.fuse:
+            if MINILM_SPACE in plan.spaces(self.store.primary):
+                raise InputError("cascades and fusions combine CLIP spaces; minilm is not one", param="space")
+            missing = [s for s in plan.spaces(self.store.primary) if s not in self.store.vectors]
+            if missing:
+                raise InputError(f"this index keeps no vectors of space {missing[0]!r} to score exactly (a store "
+                                 "before format version 3); rebuild it", param="space")
+        return plan
+
     # -- embedding ------------------------------------------------------------
-    def embed_texts(self, texts: Sequence[str], *, space: str = "clip", batch_size: int = 64) -> np.ndarray:
-        """Unit text vectors [n, d] in ``space``: the CLIP text encoder, or MiniLM."""
+    def embed_texts(self, texts: Sequence[str], *, space: str | None = None, batch_size: int = 64) -> np.ndarray:
+        """Unit text vectors [n, d] in ``space``: its CLIP text encoder (the primary space's by default; an image
+        space's is its text space's), or MiniLM."""
         if isinstance(texts, str):
             texts = [texts]
-        if check_space(space) == "minilm":
+        if space == MINILM_SPACE:
             return self.minilm.encode(list(texts), batch_size=batch_size)
-        return self.clip.encode_text(list(texts), batch_size=batch_size)
+        return self.clip_for(space or self.store.primary).encode_text(list(texts), batch_size=batch_size)
+
+    def embed_queries(self, texts: Sequence[str], spaces: Sequence[str]) -> dict[str, np.ndarray]:
+        """Text queries in each of ``spaces``, each model run once (an image space shares its text space's)."""
+        by_model: dict[str, np.ndarray] = {}
+        out = {}
+        for space in spaces:
+            model = MINILM_SPACE if space == MINILM_SPACE else self.store.model_space(space)
+            if model not in by_model:
+                by_model[model] = self.embed_texts(texts, space=model)
+            out[space] = by_model[model]
+        return out
 
     def embed_images(self, images: ImageSet | Sequence[Any], *, batch_size: int = 16,
-                     max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False) -> EmbeddedImages:
-        """Unit CLIP vectors of images, in batches (bounded memory): an ``ImageSet`` (files from folders
-        that fail to decode are skipped and reported), or paths and PIL images (any failure raises)."""
+                     max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                     spaces: Sequence[str] | None = None) -> EmbeddedImages:
+        """Unit CLIP vectors of images, in batches (bounded memory), in each of ``spaces`` (the primary space by
+        default; each model runs once): an ``ImageSet`` (files from folders that fail to decode are skipped and
+        reported), or paths and PIL images (any failure raises)."""
+        spaces = list(spaces or [self.store.primary])
+        models = list(dict.fromkeys(self.store.model_space(s) for s in spaces))
+        encoders = {m: self.clip_for(m) for m in models}
+
+        def encode(pils: list[Any]) -> dict[str, np.ndarray]:
+            return {m: encoder.encode_images(pils, batch_size=batch_size) for m, encoder in encoders.items()}
+
+        def result(paths: list[Path], parts: list[dict[str, np.ndarray]], skipped: list[Skipped]) -> EmbeddedImages:
+            by_model = {m: np.concatenate([p[m] for p in parts]) for m in models}
+            by_space = {s: by_model[self.store.model_space(s)] for s in spaces}
+            return EmbeddedImages(paths, by_space[spaces[0]], skipped, by_space)
+
         if not isinstance(images, ImageSet):
             pils = [im for im in images if not isinstance(im, (str, Path))]
             if pils:
                 if len(pils) != len(images):
                     raise InputError("give either image paths or PIL images, not both", param="images")
-                return EmbeddedImages([], self.clip.encode_images(pils, batch_size=batch_size), [])
+                return result([], [encode(pils)], [])
             paths = [Path(p) for p in images]
             images = ImageSet(paths, [], paths)
         explicit = set(images.explicit)
         used: list[Path] = []
-        parts: list[np.ndarray] = []
+        parts: list[dict[str, np.ndarray]] = []
         skipped = list(images.skipped)
         with progress_bar(total=len(images.paths), desc="images", enabled=progress, unit="img") as bar:
             for start in range(0, len(images.paths), batch_size):
@@ -213,85 +274,121 @@ class Retriever:
                             raise
                         skipped.append(Skipped(str(p), str(e).split(": ", 1)[-1]))
                 if pils:
-                    parts.append(self.clip.encode_images(pils, batch_size=batch_size))
+                    parts.append(encode(pils))
                     used.extend(batch_paths)
                 bar.update(len(images.paths[start:start + batch_size]))
         if not used:
             raise InputError(f"no usable images ({len(skipped)} skipped: {skipped[0].path}: {skipped[0].reason})",
                              param="images")
-        return EmbeddedImages(used, np.concatenate(parts), skipped)
+        return result(used, parts, skipped)
 
     # -- search and predict ---------------------------------------------------
     def use_search_backend(self, backend: str = "auto") -> Retriever:
-        """Search the CLIP index with ``faiss`` (CPU), ``faiss-gpu``, ``torch`` (exact, CUDA) or ``auto``."""
+        """Search the primary CLIP index with ``faiss`` (CPU), ``faiss-gpu``, ``torch`` (exact, CUDA) or ``auto``."""
         from .torch_search import to_search_backend
 
-        self._search_views["clip"] = to_search_backend(self.store.indexes["clip"], backend, device=self.device)
+        primary = self.store.primary
+        self._search_views[primary] = to_search_backend(self.store.indexes[primary], backend, device=self.device)
         return self
 
-    def search(self, queries: np.ndarray, *, k: int = DEFAULT_K_QUERY, space: str = "clip",
-               where: str | None = None) -> Neighbors:
-        """Top-k prompts for unit query vectors [n, d] of ``space`` (see ``embed_texts``, ``embed_images``),
-        among the rows matching ``where`` (``index_store.where``; fewer than k come back, padded with -1,
-        only when fewer rows match). Removed prompts never come back. Results a damaged index could give
-        (impossible scores, ids outside the store) raise ``StoreError``."""
-        allowed = self.store.allowed(where)
+    def search(self, queries: np.ndarray | Mapping[str, np.ndarray], *, k: int = DEFAULT_K_QUERY,
+               space: str | None = None, where: str | None = None, plan: SearchPlan | None = None) -> Neighbors:
+        """Top-k prompts for unit query vectors [n, d] of ``space`` (the primary CLIP space by default; see
+        ``embed_texts``, ``embed_images``), among the rows matching ``where`` (``index_store.where``; fewer than
+        k come back, padded with -1, only when fewer rows match). ``plan`` searches several spaces (a cascade, a
+        fusion: ``retriever.plans``); ``queries`` then maps each of its spaces to the query in that space's
+        model (one array will do when they share one model). Removed prompts never come back. Results a damaged
+        index could give (impossible scores, ids outside the store) raise ``StoreError``."""
+        plan = self.plan(plan, space=space)
+        check_k(k, self.rows)
+        spaces = plan.spaces(self.store.primary)
+        by_space = self._by_space(queries, spaces)
+        n = len(next(iter(by_space.values())))
+        if any(len(q) != n for q in by_space.values()):
+            raise InputError("the queries of the spaces differ in number", param="queries")
+        return run_plan(plan, by_space, k=k, primary=self.store.primary, search=functools.partial(self._search, where),
+                        vectors=self.store.vectors, members=self.store.members)
+
+    def _search(self, where: str | None, space: str, queries: np.ndarray, k: int) -> Neighbors:
+        allowed = self.store.allowed(where, space=space)
         views = self._search_views
-        index = views[space] if check_space(space) in views and allowed is None else self.store.indexes[space]
-        nb = search(index, queries, k=k, allowed=allowed, vectors=self.store.vectors.get(space))
+        index = views[space] if space in views and allowed is None else self.store.indexes[space]
+        nb = search(index, queries, k=min(k, self.rows), allowed=allowed, vectors=self.store.vectors.get(space))
         self.store.check_results(space, nb.ids, nb.scores)
         return nb
 
+    def _by_space(self, queries: np.ndarray | Mapping[str, np.ndarray], spaces: list[str]) -> dict[str, np.ndarray]:
+        if isinstance(queries, Mapping):
+            missing = [s for s in spaces if s not in queries]
+            if missing:
+                raise InputError(f"no query vectors for space {missing[0]!r} (embed the queries in every space the "
+                                 "search uses: embed_images(spaces=...), embed_queries)", param="queries")
+            return {s: queries[s] for s in spaces}
+        models = {MINILM_SPACE if s == MINILM_SPACE else self.store.model_space(s) for s in spaces}
+        if len(models) > 1:
+            raise InputError(f"the spaces {', '.join(spaces)} use different models: give the queries as a mapping "
+                             "from space to vectors (embed_images(spaces=...), embed_queries)", param="queries")
+        return {s: queries for s in spaces}
+
     def search_fragments(self, queries: np.ndarray, *, k: int, space: str = "clip") -> Neighbors:
-        """The ``k`` fragments of the store's vocabulary nearest to unit query vectors of ``space`` (ids are
-        fragment rows: ``store.fragments.texts(ids)``); no columns for a version-1 store or an empty
-        vocabulary."""
+        """The ``k`` fragments of the store's vocabulary nearest to unit query vectors of ``space`` ("clip": the
+        primary CLIP space's model, or "minilm"; ids are fragment rows: ``store.fragments.texts(ids)``); no
+        columns for a version-1 store or an empty vocabulary."""
         fragments = self.store.fragments
         n = len(queries)
         if fragments is None or len(fragments) == 0 or k < 1:
             return Neighbors(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32))
-        return search(fragments.indexes[check_space(space)], queries, k=min(k, len(fragments)))
+        if space not in fragments.indexes:
+            raise InputError(f"the fragment vocabulary has spaces {', '.join(fragments.indexes)}, not {space!r}",
+                             param="space")
+        return search(fragments.indexes[space], queries, k=min(k, len(fragments)))
 
-    def predict(self, queries: np.ndarray, *, k: int = DEFAULT_K_PREDICT, weighting: Weighting | None = None,
-                captions: Sequence[str | None] | None = None, caption_weight: float = 1.0,
-                caption_space: str = "clip", where: str | None = None) -> Prediction:
-        """One unit 384-d vector and a confidence per CLIP query vector (see ``retriever.weighting``), from
-        the neighbours matching ``where`` (all when None).
+    def predict(self, queries: np.ndarray | Mapping[str, np.ndarray], *, k: int = DEFAULT_K_PREDICT,
+                weighting: Weighting | None = None, captions: Sequence[str | None] | None = None,
+                caption_weight: float = 1.0, caption_space: str = "clip", where: str | None = None,
+                plan: SearchPlan | None = None) -> Prediction:
+        """One unit 384-d vector and a confidence per query (CLIP image vectors of the primary space, or of every
+        space of ``plan``: see ``search``; ``retriever.weighting``), from the neighbours matching ``where`` (all
+        when None).
 
         ``captions`` (one per query, ``None`` where there is none) adds a second query per image, fused
-        with the image's neighbours (``weighting.fuse``): its text searched in ``caption_space`` with
-        weight ``caption_weight`` (the image has 1)."""
+        with the image's neighbours (``weighting.fuse``): its text searched in ``caption_space`` ("clip": the
+        primary space, or "minilm") with weight ``caption_weight`` (the image has 1)."""
         weighting = (weighting or Weighting()).validate()
         check_k(k, self.rows)
-        image_nb = self.search(queries, k=k, where=where)
+        image_nb = self.search(queries, k=k, where=where, plan=plan)
         if captions is None:
             return blend(image_nb, self.store.minilm, weighting)
-        if len(captions) != len(queries):
-            raise InputError(f"{len(captions)} captions for {len(queries)} queries", param="captions")
+        n = len(image_nb.ids)
+        if len(captions) != n:
+            raise InputError(f"{len(captions)} captions for {n} queries", param="captions")
+        space = self.store.primary if caption_space == "clip" else self.check_space(caption_space)
         have = [i for i, c in enumerate(captions) if c]
-        cap_ids = np.full((len(queries), k), -1, dtype=np.int64)
-        cap_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        cap_ids = np.full((n, k), -1, dtype=np.int64)
+        cap_scores = np.full((n, k), -np.inf, dtype=np.float32)
         if have:
-            nb = self.search(self.embed_texts([captions[i] for i in have], space=caption_space), k=k,
-                             space=caption_space, where=where)
+            nb = self.search(self.embed_texts([captions[i] for i in have], space=space), k=k, space=space,
+                             where=where)
             cap_ids[have], cap_scores[have] = nb.ids, nb.scores
-        log.info("%d of %d images have a caption", len(have), len(queries))
+        log.info("%d of %d images have a caption", len(have), n)
         return fuse([(image_nb, 1.0), (Neighbors(cap_ids, cap_scores), caption_weight)], self.store.minilm,
                     weighting)
 
-    def query(self, *, images: ImageSet | None = None, texts: Sequence[str] = (), space: str = "clip",
+    def query(self, *, images: ImageSet | None = None, texts: Sequence[str] = (), space: str | None = None,
               k: int = DEFAULT_K_QUERY, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
-              progress: bool = False, where: str | None = None,
-              weighting: Weighting | None = None) -> tuple[list[QueryResult], list[Skipped]]:
-        """Nearest prompts for images (always in CLIP space) and texts (in ``space``) among the rows matching
-        ``where``: one result per query, images first, plus the folder files that were skipped. Each
+              progress: bool = False, where: str | None = None, weighting: Weighting | None = None,
+              plan: SearchPlan | None = None) -> tuple[list[QueryResult], list[Skipped]]:
+        """Nearest prompts for images (in CLIP spaces) and texts (in ``space``, or the spaces of ``plan``) among the
+        rows matching ``where``: one result per query, images first, plus the folder files that were skipped. Each
         neighbour carries its kept columns and its share of a prediction blended from these neighbours
         (``weighting``, the default one when None)."""
         weighting = (weighting or Weighting()).validate()
         if images is None and not texts:
             raise InputError("nothing to query: give images or texts", param="images")
-        if check_space(space) != "clip" and images is not None:
-            raise InputError(f"images are searched in CLIP space only, not {space!r}; query texts in that "
+        plan = self.plan(plan, space=space)
+        spaces = plan.spaces(self.store.primary)
+        if MINILM_SPACE in spaces and images is not None:
+            raise InputError(f"images are searched in CLIP spaces only, not {MINILM_SPACE!r}; query texts in that "
                              "space on their own", param="space")
         check_k(k, self.rows)
         empty = [i for i, text in enumerate(texts) if not str(text).strip()]
@@ -299,15 +396,16 @@ class Retriever:
             raise InputError(f"text {empty[0] + 1} of {len(texts)} is empty; give a text to search for", param="text")
         results: list[QueryResult] = []
         skipped: list[Skipped] = []
-        batches: list[tuple[str, list[str], np.ndarray]] = []
+        batches: list[tuple[str, list[str], dict[str, np.ndarray]]] = []
         if images is not None:
-            emb = self.embed_images(images, batch_size=batch_size, max_pixels=max_pixels, progress=progress)
-            batches.append(("image", [str(p) for p in emb.paths], emb.vectors))
+            emb = self.embed_images(images, batch_size=batch_size, max_pixels=max_pixels, progress=progress,
+                                    spaces=spaces)
+            batches.append(("image", [str(p) for p in emb.paths], emb.by_space))
             skipped = emb.skipped
         if texts:
-            batches.append(("text", list(texts), self.embed_texts(list(texts), space=space)))
+            batches.append(("text", list(texts), self.embed_queries(list(texts), spaces)))
         for kind, labels, vectors in batches:
-            nb = self.search(vectors, k=k, space=space, where=where)
+            nb = self.search(vectors, k=k, where=where, plan=plan)
             shares = neighbor_shares(nb, weighting)
             for label, ids, scores, share in zip(labels, nb.ids, nb.scores, shares):
                 valid = ids >= 0

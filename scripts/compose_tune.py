@@ -1,4 +1,4 @@
-"""Choose the composer's defaults on the *tune* half of the text-route split (the README's "Composed prompts").
+"""Choose the composer's defaults on the *tune* half of the text-route split (docs/quality.md, "Composed prompts").
 
     python scripts/compose_tune.py --index runs/compose/store100k [--n 200] [--start prompt|clause]
                                    [--target-k 10] [--fragments 0] [--neighbors 10] [--rerank]

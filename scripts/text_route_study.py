@@ -1,7 +1,7 @@
-"""Text-route study (issue: measure quality as the competition scores it).
+"""Text-route study: quality as the competition scores it, on the routes that need no CLIP (docs/quality.md).
 
     python scripts/text_route_study.py prepare [--pool 200000] [--heldout 1000]   # split + MiniLM embeddings (resumable)
-    python scripts/text_route_study.py report  [--sizes 10000,50000,100000,200000]  # tables for the README
+    python scripts/text_route_study.py report  [--sizes 10000,50000,100000,200000]  # the tables of docs/quality.md
 
 The split, carved from the shared corpus with seed 0:
   held-out = 1000 random Discord prompts + 1000 random songjein_chatgpt_generated

@@ -1,5 +1,6 @@
 """Build -> open -> query round trips, the row-id contract, atomic and resumable builds."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -46,7 +47,8 @@ def test_store_round_trip_and_row_contract(store_dir, minilm, clip_encoder):
     texts = store.prompts(ids)
     np.testing.assert_allclose(store.minilm[ids].astype(np.float32), minilm.encode(texts), atol=2e-3)
     stored_clip = np.stack([store.indexes["clip"].reconstruct(int(i)) for i in ids])
-    np.testing.assert_allclose(stored_clip, clip_encoder.encode_text(texts), atol=1e-5)
+    np.testing.assert_array_equal(stored_clip, store.vectors["clip"][ids].astype(np.float32))  # the index holds them
+    np.testing.assert_allclose(stored_clip, clip_encoder.encode_text(texts), atol=2e-3)
     assert store.prompts([-1, 0])[0] is None
     with pytest.raises(IndexError):
         store.prompts([store.rows])
@@ -68,7 +70,7 @@ def test_text_query_ranks_the_prompt_itself_first(retriever):
     nb = retriever.search(retriever.embed_texts(texts), k=5)
     ties = 0
     for i, row_ids, row_scores in zip(ids, nb.ids, nb.scores):
-        assert row_scores[0] == pytest.approx(1.0, abs=1e-4)
+        assert row_scores[0] == pytest.approx(1.0, abs=2e-3)  # the index holds the float16 vectors of the store
         if row_ids[0] != i:  # only acceptable if another prompt has the identical CLIP vector (truncation)
             ties += 1
             assert i in row_ids[row_scores >= row_scores[0] - 1e-6]
@@ -220,7 +222,7 @@ def test_moved_clip_folder_is_accepted_by_fingerprint(store_dir, tiny_clip_dir, 
 
 def test_manifest_is_self_describing(store_dir):
     m = json.loads((store_dir / MANIFEST).read_text())
-    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 3
+    assert m["format"] == "nearest-prompt-index" and m["format_version"] == 4
     assert set(m["files"]) == {PROMPTS, MINILM, CLIP_INDEX, MINILM_INDEX, *FRAGMENT_FILES, "clip.npy"}
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["files"].values())
     frag = m["fragments"]
@@ -228,7 +230,9 @@ def test_manifest_is_self_describing(store_dir):
     assert {s: i["ntotal"] for s, i in frag["indexes"].items()} == {"clip": frag["rows"], "minilm": frag["rows"]}
     assert m["build"]["config"]["near_dup_threshold"] == 0.95
     assert {"torch", "faiss-cpu", "open_clip_torch", "sentence-transformers"} <= set(m["versions"])
-    assert m["index"]["type"] == "flat" and m["index"]["recall_at_10"] == 1.0
+    assert list(m["spaces"]) == ["clip"] and m["spaces"]["clip"]["kind"] == "text"
+    assert m["spaces"]["clip"]["model"]["embed_dim"] == 64 and m["spaces"]["clip"]["model"]["random_weights"]
+    assert m["spaces"]["clip"]["index"]["type"] == "flat" and m["spaces"]["clip"]["index"]["recall_at_10"] == 1.0
     assert m["minilm_index"]["type"] == "flat" and m["minilm_index"]["dim"] == 384
 
 
@@ -354,7 +358,8 @@ def test_a_version_2_store_with_ivf_lists_in_its_index_files_opens_and_answers_a
         del m["files"][lists]
     (old / "clip.npy").unlink()
     del m["files"]["clip.npy"]
-    m["format_version"] = 2
+    m = dataclasses.replace(index_store.Manifest.from_dict(m), format_version=2).to_dict()  # version 2's layout
+    assert "spaces" not in m and m["models"]["clip"]["embed_dim"] == 64
     (old / MANIFEST).write_text(json.dumps(m))
     a, b = index_store.open_store(old), index_store.open_store(new)
     assert a.manifest.format_version == 2 and "clip" not in a.vectors and is_memory_mapped(a.indexes["clip"])

@@ -230,7 +230,7 @@ def test_store_built_with_unavailable_clip(cli_store, capsys, tmp_path):
     s = tmp_path / "s"
     shutil.copytree(cli_store, s)
     m = json.loads((s / MANIFEST).read_text())
-    m["models"]["clip"]["model"] = f"local-dir:{tmp_path / 'gone'}"
+    m["spaces"]["clip"]["model"]["model"] = f"local-dir:{tmp_path / 'gone'}"
     (s / MANIFEST).write_text(json.dumps(m))
     code, _, err = run(capsys, "query", "--index", s, "--text", "x", "-q")
     assert_one_line_error(code, err, "cannot be loaded here")

@@ -5,6 +5,7 @@ and the interrogate command."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import shutil
@@ -60,7 +61,7 @@ def test_miner_equals_a_brute_force_count(min_count, cap, monkeypatch):
 def test_store_holds_the_vocabulary_of_its_prompts(retriever, minilm):
     store = retriever.store
     frag = store.fragments
-    assert store.manifest.format_version == 3 and frag is not None and len(frag) > 0
+    assert store.manifest.format_version == 4 and frag is not None and len(frag) > 0
     prompts = store.table.column("prompt")
     vocab = mine_fragments([prompts.combine_chunks()], min_count=3, max_fragments=100_000)
     assert frag.texts(range(len(frag))) == vocab.fragments.to_pylist()
@@ -200,9 +201,8 @@ def v1_store(cli_store_path, tmp_path_factory):
     """The CLI store rewritten as format version 1 (no fragment vocabulary)."""
     old = tmp_path_factory.mktemp("v1") / "store"
     shutil.copytree(cli_store_path, old)
-    m = json.loads((old / MANIFEST).read_text())
-    m["format_version"] = 1
-    del m["fragments"]
+    manifest = index_store.Manifest.from_dict(json.loads((old / MANIFEST).read_text()))
+    m = dataclasses.replace(manifest, format_version=1, fragments=None).to_dict()  # version 1's layout
     for name in (*FRAGMENT_FILES, "clip.npy"):  # version 1 kept neither the vocabulary nor the CLIP vectors
         (old / name).unlink()
         del m["files"][name]

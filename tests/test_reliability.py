@@ -1,4 +1,4 @@
-"""Issue "Nothing lost, nothing left behind": a user's folder survives build, one build per --out, free
+"""Nothing lost, nothing left behind: a user's folder survives build, one build per --out, free
 space and full disks, cleanup after failures, integrity checks that catch damaged stores, strict
 readers, and every command failing in one line on a table of bad inputs."""
 
@@ -350,7 +350,7 @@ def test_local_dir_beside_the_store_is_recorded_relative(capsys, tmp_path, tiny_
     corpus = small_corpus(tmp_path, 12)
     indexer.build([corpus], site / "store", config=replace(build_config, clip_model=f"local-dir:{site / 'clip'}"),
                   minilm=minilm, progress=False)
-    assert json.loads((site / "store" / MANIFEST).read_text())["models"]["clip"]["model"] == "local-dir:../clip"
+    assert json.loads((site / "store" / MANIFEST).read_text())["spaces"]["clip"]["model"]["model"] == "local-dir:../clip"
     moved = tmp_path / "elsewhere"
     shutil.move(site, moved)  # the store and its model folder travel together
     code, out, err = run(capsys, "query", "--index", moved / "store", "--text", "a cat", "--k", 2, "-q")
@@ -364,7 +364,7 @@ def test_eval_takes_clip_like_query(capsys, tmp_path, cli_store_path, tiny_clip_
     need_data()
     s = _copy(cli_store_path, tmp_path)
     m = json.loads((s / MANIFEST).read_text())
-    m["models"]["clip"]["model"] = f"local-dir:{tmp_path / 'gone'}"
+    m["spaces"]["clip"]["model"]["model"] = f"local-dir:{tmp_path / 'gone'}"
     (s / MANIFEST).write_text(json.dumps(m))
     args = ["eval", "--index", s, "--pairs", KAGGLE / "prompts.csv", "--k", 5, "--report", tmp_path / "r.json", "-q"]
     code, _, err = run(capsys, *args)

@@ -11,7 +11,8 @@ from typing import Any
 
 # library parameter -> command-line flag, where the two are not simply "--" + the name with dashes
 FLAGS = {"memory_budget_gb": "--memory-budget", "clip_model": "--clip", "clip_pretrained": "--pretrained",
-         "minilm_model": "--minilm", "images": None, "inputs": None, "queries": None, "route": None}
+         "minilm_model": "--minilm", "images": None, "inputs": None, "queries": None, "route": None,
+         "spaces": "--space", "spaces_pretrained": "--space"}
 
 
 def flag(param: str) -> str | None:
@@ -46,9 +47,9 @@ def add_model_args(p: argparse.ArgumentParser, *, building: bool) -> None:
 
     g = p.add_argument_group("models")
     if building:
-        g.add_argument("--clip", default=DEFAULT_CLIP, metavar="MODEL",
+        g.add_argument("--clip", default=None, metavar="MODEL",
                        help=f"open_clip architecture (with --pretrained; {DEFAULT_CLIP} takes {DEFAULT_PRETRAINED} "
-                            "by default), local-dir:PATH or hf-hub:ORG/NAME")
+                            f"by default), local-dir:PATH or hf-hub:ORG/NAME: the space 'clip' (default: {DEFAULT_CLIP})")
         g.add_argument("--pretrained", default=None, metavar="TAG|FILE",
                        help="open_clip pretrained tag or a local checkpoint file, with an architecture in --clip")
     else:
@@ -102,6 +103,51 @@ def add_where_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--where", default=None, metavar="EXPR",
                    help="search only the prompts whose kept columns match, e.g. source=lexica, "
                         "\"source in (lexica,krea)\", \"seed>=10 and seed<20\" (docs/filters.md)")
+
+
+def add_plan_args(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """--space, --cascade, --fuse (+ --fuse-weights) and --min-score: which CLIP spaces a search uses
+    (``retriever.plans``); ``many``: each may be given several times, each a row of the report (eval)."""
+    g = p.add_argument_group("spaces (docs/spaces.md)")
+    action = "append" if many else "store"
+    once = "" if not many else "; repeat to compare, each is a row of the report"
+    ex = g if many else g.add_mutually_exclusive_group()
+    ex.add_argument("--space", action=action, default=None, metavar="NAME",
+                    help="search this space: a CLIP space of the index (default: its first), NAME-image for its "
+                         "image space" + (", or minilm for --text" if not many else "") + once)
+    ex.add_argument("--cascade", action=action, default=None, metavar="A:N,B",
+                    help="the top N of space A scored again exactly in space B" + once)
+    ex.add_argument("--fuse", action=action, default=None, metavar="A,B",
+                    help="the union of each space's top k, scored exactly in each and summed with --fuse-weights"
+                         + once)
+    g.add_argument("--fuse-weights", default=None, metavar="W,W",
+                   help="one weight per fused space, scaled to sum to 1 (default: equal)")
+    g.add_argument("--min-score", type=float, default=None, metavar="COS",
+                   help="drop neighbours whose final score is below COS (e.g. 0.29 after a cascade)")
+
+
+def plans_for(args: argparse.Namespace, retriever: Any) -> list[Any]:
+    """The search plans the options ask for, checked against the index (one for a plain search of its first
+    space when none is asked for)."""
+    from nearest_prompt.retriever import SearchPlan
+
+    def each(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else [] if value is None else [value]
+
+    plans = [SearchPlan.parse(space=s, min_score=args.min_score) for s in each(args.space)]
+    plans += [SearchPlan.parse(cascade=c, min_score=args.min_score) for c in each(args.cascade)]
+    plans += [SearchPlan.parse(fuse=f, fuse_weights=args.fuse_weights, min_score=args.min_score)
+              for f in each(args.fuse)]
+    if args.fuse_weights is not None and not args.fuse:
+        raise_input("--fuse-weights is for --fuse only")
+    plans = plans or [SearchPlan.parse(min_score=args.min_score)]
+    return [retriever.plan(plan) for plan in plans]
+
+
+def raise_input(message: str) -> None:
+    from nearest_prompt.common.errors import InputError
+
+    raise InputError(message)
 
 
 def where_for(args: argparse.Namespace, store: Any) -> str | None:

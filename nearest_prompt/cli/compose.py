@@ -12,7 +12,16 @@ from typing import Any
 from nearest_prompt.common.errors import InputError
 from nearest_prompt.common.text import printable
 
-from .args import escape_c1, k_for, open_retriever, print_random_weights_note, report_skipped, where_for
+from .args import (
+    add_plan_args,
+    escape_c1,
+    k_for,
+    open_retriever,
+    plans_for,
+    print_random_weights_note,
+    report_skipped,
+    where_for,
+)
 
 log = logging.getLogger("nearest_prompt.cli")
 
@@ -87,6 +96,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    help="print JSON: components with their scores, CLIP similarity, the MiniLM vector, the "
                         "neighbours with their kept columns and weights")
     add_where_arg(p)
+    add_plan_args(p)
     add_captioner_args(p)
     add_image_args(p)
     add_model_args(p, building=False)
@@ -101,6 +111,9 @@ def cmd_interrogate(args: argparse.Namespace) -> int:
                              fragments=args.fragments, start=args.start).validate()
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive)
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
+    [plan] = plans_for(args, r)
+    if plan.space == "minilm":
+        raise InputError("--space minilm is for text queries; images are searched in CLIP spaces")
     where = where_for(args, r.store)
     options = replace(options, target_k=k_for(args, r.rows, default=options.target_k))
     captions, captioner = load_captions(args)
@@ -115,9 +128,10 @@ def cmd_interrogate(args: argparse.Namespace) -> int:
     result = composer.interrogate_images(images, captions=by_id, captioner=captioner,
                                          batch_size=args.batch_size, max_pixels=args.max_pixels,
                                          progress=not args.quiet and (len(images.paths) > 1 or captioner is not None),
-                                         where=where)
+                                         where=where, plan=plan)
     if args.json:
-        doc = {"index": str(r.store.path), "mode": options.mode, "objective": options.objective, "where": where,
+        doc = {"index": str(r.store.path), "mode": options.mode, "objective": options.objective,
+               "search": plan.describe(r.store.primary), "where": where,
                "note": r.store.note,
                "results": [{"image": str(p), "caption": cap, **c.to_dict()}
                            for p, cap, c in zip(result.paths, result.captions, result.compositions)],

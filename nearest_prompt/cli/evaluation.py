@@ -8,11 +8,11 @@ from collections.abc import Callable
 from nearest_prompt.common.errors import InputError
 from nearest_prompt.retriever.api import DEFAULT_K_PREDICT
 
-from .args import k_for, open_retriever, print_random_weights_note
+from .args import k_for, open_retriever, plans_for, print_random_weights_note
 
 
 def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    from .args import add_common, add_model_args, positive_int
+    from .args import add_common, add_model_args, add_plan_args, positive_int
 
     e = cmd("eval", "score predictions as the competition does, beside baselines")
     e.add_argument("--index", required=True, metavar="DIR", help="index store directory")
@@ -32,6 +32,7 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
                    help="evaluate the first N prompts only (default: all)")
     e.add_argument("--compose", choices=("best", "fast", "classic", "off"), default="best",
                    help="add the composed prompt's row in this interrogate mode (off: skip it; it is the slow row)")
+    add_plan_args(e, many=True)
     add_model_args(e, building=False)
     add_common(e)
 
@@ -74,10 +75,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         route = "text-oracle" if args.text_oracle else "text-degraded"
         title = f"{route.replace('-', ' ')}: {args.prompts}"
     r = open_retriever(args)
+    asked = args.space or args.cascade or args.fuse or args.min_score is not None
+    plans = plans_for(args, r) if asked else []
     compose = None if args.compose == "off" else ComposeOptions(mode=args.compose)
     k = k_for(args, r.rows, default=DEFAULT_K_PREDICT)
     report = evaluate(r, route=route, prompts=prompts, images=images, k=k, title=title, compose=compose,
-                      progress=not args.quiet)
+                      progress=not args.quiet, plans=plans)
     print(report.table())
     json_path, png = write_report(report, report_path)
     print(f"wrote {json_path} and {png}")

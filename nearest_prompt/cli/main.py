@@ -17,6 +17,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from nearest_prompt.common.errors import InputError, NearestPromptError
 from nearest_prompt.common.sizes import format_bytes
@@ -30,6 +31,7 @@ from .args import (
     add_common,
     add_image_args,
     add_model_args,
+    add_plan_args,
     add_weighting_args,
     add_where_arg,
     default,
@@ -37,6 +39,7 @@ from .args import (
     flag,
     k_for,
     open_retriever,
+    plans_for,
     positive_int,
     print_random_weights_note,
     report_skipped,
@@ -59,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, formatter_class=Formatter)
 
-    b = cmd("build", "build an index store from prompt files")
-    b.add_argument("--prompts", nargs="+", required=True, metavar="FILE",
+    b = cmd("build", "build an index store from prompt files (or add a CLIP space to one: --add-space)")
+    b.add_argument("--prompts", nargs="+", default=None, metavar="FILE",
                    help="parquet, CSV/TSV, text (one prompt a line) or JSONL files")
     b.add_argument("--out", required=True, metavar="DIR",
                    help="index store directory: new, empty, or a store (replaced atomically)")
@@ -72,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="field delimiter of CSV files (default: the first of , ; tab | whose header holds the column)")
     b.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="keep the first N unique prompts read (default: all)")
+    sp = b.add_argument_group("spaces (docs/spaces.md)")
+    sp.add_argument("--space", action="append", default=None, metavar="NAME=MODEL[@PRETRAINED]",
+                    help="a CLIP space: the prompts' text embeddings under MODEL (as --clip takes it), repeatable; "
+                         "the first is the default of every search (without --space: one space 'clip' of --clip)")
+    sp.add_argument("--image-column", default=None, metavar="COL",
+                    help="the column naming each prompt's images (paths next to the corpus file or in its images/ "
+                         "folder, a list of them, or bytes): an image space NAME-image for each space")
+    sp.add_argument("--add-space", default=None, metavar="NAME=MODEL[@PRETRAINED]",
+                    help="add this CLIP space to the store at --out (no --prompts); the other spaces are untouched")
     dd = b.add_mutually_exclusive_group()
     dd.add_argument("--near-dup-threshold", type=float, default=default(BuildConfig, "near_dup_threshold"),
                     metavar="COS", help="drop a prompt whose MiniLM cosine to an earlier kept one is above COS")
@@ -112,13 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="*", metavar="IMAGE|FOLDER", help="image files or folders of images")
     q.add_argument("--text", action="append", default=[], metavar="TEXT",
                    help="query by text (repeatable), through the encoder of --space")
-    q.add_argument("--space", choices=("clip", "minilm"), default="clip",
-                   help="space of --text queries: the CLIP text encoder or MiniLM")
     q.add_argument("--k", type=positive_int, default=None,
                    help=f"neighbours per query (default: {DEFAULT_K_QUERY}, at most the index's size)")
     q.add_argument("--json", action="store_true",
                    help="print JSON instead of a table (each neighbour with its kept columns and its weight)")
     add_where_arg(q)
+    add_plan_args(q)
     add_image_args(q)
     add_model_args(q, building=False)
     add_common(q)
@@ -153,11 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--k", type=positive_int, default=None,
                     help=f"neighbours blended per image (default: {DEFAULT_K_PREDICT}, at most the index's size)")
     add_weighting_args(pr)
-    add_captioner_args(pr)  # --captions CSV | --captioner MODEL: fused with the image query, README 'Fusion'
+    add_captioner_args(pr)  # --captions CSV | --captioner MODEL: fused with the image query (docs/python-api.md)
     pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
     pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
                     help="search captions with the CLIP text encoder or in MiniLM space")
     add_where_arg(pr)
+    add_plan_args(pr)
     add_image_args(pr)
     add_model_args(pr, building=False)
     add_common(pr)
@@ -211,8 +223,26 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from nearest_prompt import indexer
+    from nearest_prompt.encoders.clip import DEFAULT_CLIP
+
+    if args.add_space is not None:
+        if args.prompts or args.space or args.image_column:
+            raise InputError("--add-space adds a space to the store at --out: give it without --prompts, --space "
+                             "and --image-column")
+        done = indexer.add_space(args.out, args.add_space, device=args.device, batch_size=args.batch_size,
+                                 shard_size=args.shard_size, progress=not args.quiet, clean=args.clean)
+        print(f"added space {done.space} to {done.path}: {done.rows} prompts, {done.index.type} index, recall@10 "
+              f"{done.index.recall_at_10}")
+        return 0
+    if not args.prompts:
+        raise InputError("the following arguments are required: --prompts (or --add-space NAME=MODEL to add a space "
+                         "to the store at --out)")
+    spaces = tuple(args.space or ())
+    if spaces and args.clip is not None:  # --clip given beside --space: the space "clip", first
+        spaces = (f"clip={args.clip}" + (f"@{args.pretrained}" if args.pretrained else ""), *spaces)
     config = indexer.BuildConfig(
-        clip_model=args.clip, clip_pretrained=args.pretrained, minilm_model=args.minilm,
+        clip_model=args.clip or DEFAULT_CLIP, clip_pretrained=args.pretrained, minilm_model=args.minilm,
+        spaces=spaces, image_column=args.image_column,
         column=args.column, delimiter=args.delimiter, limit=args.limit,
         columns=None if args.columns is None else tuple(c.strip() for c in args.columns.split(",") if c.strip()),
         near_dup_threshold=None if args.no_near_dedup else args.near_dup_threshold,
@@ -263,17 +293,19 @@ def cmd_query(args: argparse.Namespace) -> int:
     if not args.images and not args.text:
         raise InputError("nothing to query: give IMAGE or FOLDER arguments, or --text TEXT")
     if args.space == "minilm" and args.images:
-        raise InputError("--space minilm is for --text queries only; images are searched in CLIP space")
+        raise InputError("--space minilm is for --text queries only; images are searched in CLIP spaces")
     images = collect_images(args.images, max_pixels=args.max_pixels, recursive=args.recursive) \
         if args.images else None
     r = open_retriever(args)
+    [plan] = plans_for(args, r)
     where = where_for(args, r.store)
     k = k_for(args, r.rows, default=DEFAULT_K_QUERY)
-    results, skipped = r.query(images=images, texts=args.text, space=args.space, k=k,
+    results, skipped = r.query(images=images, texts=args.text, plan=plan, k=k,
                                batch_size=args.batch_size, max_pixels=args.max_pixels,
                                progress=not args.quiet and images is not None and len(images.paths) > 1, where=where)
     if args.json:
-        doc = {"index": str(r.store.path), "k": k, "space": args.space, "where": where, "note": r.store.note,
+        doc = {"index": str(r.store.path), "k": k, "search": plan.describe(r.store.primary), "where": where,
+               "note": r.store.note,
                "results": [
             {res.kind: res.label, "neighbors": [
                 {"rank": j + 1, "id": int(i), "score": round(float(s), 6), "prompt": t, "weight": round(float(w), 6),
@@ -309,10 +341,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if dupes:
         raise InputError(f"several images share the id (file stem) {dupes[0]!r}; the submission needs unique ids")
     r = open_retriever(args)  # a missing or damaged store fails before a captioner loads
+    [plan] = plans_for(args, r)
+    if plan.space == "minilm":
+        raise InputError("--space minilm is for text queries; images are searched in CLIP spaces")
     where = where_for(args, r.store)
     captions, captioner = load_captions(args)
     k = k_for(args, r.rows, default=DEFAULT_K_PREDICT)
-    emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet)
+    emb = r.embed_images(image_set, batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.quiet,
+                         spaces=plan.spaces(r.store.primary))
     ids = [p.stem for p in emb.paths]
     texts = None
     if captioner is not None:
@@ -320,8 +356,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
     elif captions is not None:
         texts = report_captions(captions, ids)
-    pred = r.predict(emb.vectors, k=k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
-                     caption_space=args.caption_space, where=where)
+    pred = r.predict(emb.by_space, k=k, weighting=weighting, captions=texts, caption_weight=args.caption_weight,
+                     caption_space=args.caption_space, where=where, plan=plan)
     written = write_predictions(out, ids, pred.vectors)
     written.append(write_confidence(confidence_path(out), ids, pred.confidence, pred.top_score))
     print(f"wrote {len(ids)} prediction(s) to {', '.join(str(p) for p in written)}")
@@ -339,7 +375,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2))
         return 0
     m = store.manifest
-    clip, mini = m.clip, m.minilm
+    mini = m.minilm
     lines = [
         f"index store   {store.path}",
         f"format        {m.format} v{m.format_version}, created {m.created or '?'}",
@@ -350,9 +386,7 @@ def cmd_info(args: argparse.Namespace) -> int:
           + ", ".join(Path(src["path"]).name for src in a.get("sources", [])) for a in m.build.get("additions", [])],
         *[f"removed       {r.get('time')}: {r.get('removed')} prompts ("
           + ", ".join(f"{k} {v}" for k, v in r.get("selector", {}).items()) + ")" for r in m.build.get("removals", [])],
-        f"CLIP          {clip.model}" + (f" / {clip.pretrained}" if clip.pretrained else "")
-        + f"  (dim {clip.embed_dim}, context {clip.context_length})",
-        f"              weights {clip.weights}",
+        *[line for name, info in m.spaces.items() for line in _space_lines(name, info, store.rows)],
         f"MiniLM        {mini.model}  (dim {mini.dim}, max tokens {mini.max_seq_length})",
         *[f"{space + ' index':<14}{ix.type} ({ix.factory}) {ix.params or ''}  recall@10 vs exact {ix.recall_at_10}"
           + (f"; {ix.ram_bytes / max(store.rows, 1):,.0f} B of memory and {ix.disk_bytes / max(store.rows, 1):,.0f} B "
@@ -380,6 +414,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("\n".join(printable(line) for line in lines))
     print_random_weights_note(store)
     return 0
+
+
+def _space_lines(name: str, info: Any, rows: int) -> list[str]:
+    clip = info.model
+    label = f"space {name}"
+    what = (f"images of {info.rows:,} of {rows:,} prompts ({info.images.get('images', 0):,} images, column "
+            f"{info.images.get('column')!r}), embedded by space {info.of}'s model" if info.kind == "image" else
+            f"{clip.model}" + (f" / {clip.pretrained}" if clip.pretrained else "")
+            + f"  (dim {clip.embed_dim}, context {clip.context_length})")
+    lines = [f"{label:<14}{what}"]
+    if info.kind == "text":
+        lines.append(f"              weights {clip.weights}")
+    return lines
 
 
 def commands() -> dict[str, Callable[[argparse.Namespace], int]]:

@@ -36,7 +36,7 @@ from nearest_prompt.common.errors import InputError
 from nearest_prompt.common.progress import progress_bar
 from nearest_prompt.common.text import clean_prompt, split_fragments
 from nearest_prompt.encoders.images import DEFAULT_MAX_PIXELS, ImageSet, Skipped
-from nearest_prompt.retriever import Neighbors, Retriever, Weighting, blend
+from nearest_prompt.retriever import Neighbors, Retriever, SearchPlan, Weighting, blend
 from nearest_prompt.retriever.weighting import neighbor_shares
 
 from .candidates import Pool, gather
@@ -166,21 +166,32 @@ class Composer:
     def has_vocabulary(self) -> bool:
         return self.r.store.fragments is not None
 
-    def interrogate(self, images: np.ndarray, *, captions: Sequence[str | None] | None = None,
-                    weighting: Weighting | None = None, where: str | None = None) -> list[Composition]:
-        """Prompts for unit CLIP image vectors [n, d]: their neighbours (among the rows matching ``where``),
-        the predicted vector of the top ``target_k`` (fused with the captions, as ``Retriever.predict``) as
-        the ``minilm`` target or the image vector as the ``clip`` one, then ``compose``. ``captions`` (one per
-        image, None where there is none) start the prompts. Each composition lists the neighbours searched."""
+    def interrogate(self, images: np.ndarray | Mapping[str, np.ndarray], *,
+                    captions: Sequence[str | None] | None = None, weighting: Weighting | None = None,
+                    where: str | None = None, plan: SearchPlan | None = None) -> list[Composition]:
+        """Prompts for unit CLIP image vectors [n, d] of the primary space (or, with ``plan``, a mapping from each of
+        its spaces, and the primary one, to the images' vectors there): their neighbours (among the rows matching
+        ``where``), the predicted vector of the top ``target_k`` (fused with the captions, as
+        ``Retriever.predict``) as the ``minilm`` target or the image vector as the ``clip`` one, then
+        ``compose``. ``captions`` (one per image, None where there is none) start the prompts. Each composition
+        lists the neighbours searched."""
         o = self.options
-        nb = self.r.search(images, k=min(o.neighbors, self.r.rows), where=where)
+        primary = self.r.store.primary
+        if isinstance(images, Mapping):
+            if primary not in images:
+                raise InputError(f"no vectors of the primary space {primary!r}, which the composer scores in "
+                                 "(embed_images(spaces=[..., primary]))", param="images")
+            vectors = np.asarray(images[primary], dtype=np.float32)
+        else:
+            vectors = images
+        nb = self.r.search(images, k=min(o.neighbors, self.r.rows), where=where, plan=plan)
         if o.objective == "minilm":
             fused = captions if captions is not None and any(captions) else None
             targets = self.r.predict(images, k=min(o.target_k, self.r.rows), weighting=weighting,
-                                     captions=fused, where=where).vectors
+                                     captions=fused, where=where, plan=plan).vectors
         else:
-            targets = images
-        out = self.compose(targets, neighbors=nb, captions=captions, images=images)
+            targets = vectors
+        out = self.compose(targets, neighbors=nb, captions=captions, images=vectors)
         return [replace(c, neighbors=self._listed(nb, i, weighting)) for i, c in enumerate(out)]
 
     def _listed(self, nb: Neighbors, row: int, weighting: Weighting | None) -> list[dict[str, Any]]:
@@ -195,11 +206,14 @@ class Composer:
     def interrogate_images(self, images: ImageSet | Sequence[Any], *, captions: Mapping[str, str] | None = None,
                            captioner: Any = None, weighting: Weighting | None = None, batch_size: int = 16,
                            max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
-                           where: str | None = None) -> Interrogation:
+                           where: str | None = None, plan: SearchPlan | None = None) -> Interrogation:
         """``interrogate`` for image files (an ``ImageSet``: files from folders that fail to decode are skipped
         and reported) or paths: embedded, captioned (``captions`` by file stem, or a ``captioner``:
         ``encoders.captioner``), then composed ``COMPOSE_CHUNK`` images at a time, with progress bars."""
-        emb = self.r.embed_images(images, batch_size=batch_size, max_pixels=max_pixels, progress=progress)
+        primary = self.r.store.primary
+        spaces = list(dict.fromkeys([primary, *(self.r.plan(plan).spaces(primary))]))
+        emb = self.r.embed_images(images, batch_size=batch_size, max_pixels=max_pixels, progress=progress,
+                                  spaces=spaces)
         if captioner is not None:
             from nearest_prompt.encoders.captioner import caption_files
 
@@ -211,7 +225,8 @@ class Composer:
         with progress_bar(total=len(emb.paths), desc="composing", enabled=progress, unit="img") as bar:
             for start in range(0, len(emb.paths), COMPOSE_CHUNK):
                 part = slice(start, start + COMPOSE_CHUNK)
-                out += self.interrogate(emb.vectors[part], captions=texts[part], weighting=weighting, where=where)
+                vectors = {space: v[part] for space, v in emb.by_space.items()}
+                out += self.interrogate(vectors, captions=texts[part], weighting=weighting, where=where, plan=plan)
                 bar.update(len(emb.paths[part]))
         return Interrogation(paths=emb.paths, captions=texts, compositions=out, skipped=emb.skipped)
 
@@ -253,13 +268,17 @@ class Composer:
         return gather(self.r, targets, neighbors, neighbors_used=o.neighbors, fragments=pool_size,
                       space=o.objective, encode=self._encode_some)
 
+    def _objective_space(self, objective: str) -> str:
+        """The retriever's space of an objective: MiniLM, or the primary CLIP space (the fragments' "clip")."""
+        return "minilm" if objective == "minilm" else self.r.store.primary
+
     def _dim(self) -> int:
         return self.r.store.minilm_info.dim if self.options.objective == "minilm" else self.r.store.clip_info.embed_dim
 
     def _encode_some(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim()), dtype=np.float32)
-        return self.r.embed_texts(list(texts), space=self.options.objective)
+        return self.r.embed_texts(list(texts), space=self._objective_space(self.options.objective))
 
     def _encode_present(self, texts: Sequence[str | None]) -> list[np.ndarray | None]:
         """Vectors of the texts that are there (one encoder call), None where a text is None or empty."""
@@ -394,7 +413,7 @@ class Composer:
         minilm = exact if o.objective == "minilm" else self.r.embed_texts(texts, space="minilm")
         clip_sims = None
         if images is not None:
-            clip_vecs = exact if o.objective == "clip" else self.r.embed_texts(texts, space="clip")
+            clip_vecs = exact if o.objective == "clip" else self.r.embed_texts(texts, space=self.r.store.primary)
             clip_sims = np.einsum("ij,ij->i", clip_vecs, np.asarray(images, dtype=np.float32))
         tokens = self.r.count_tokens(texts) if texts else np.zeros(0, np.int64)
         out = []

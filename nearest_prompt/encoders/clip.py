@@ -49,7 +49,11 @@ _OFFLINE_HINT = (
 
 
 def offline_hint(param: str = "clip") -> str:
-    """How to pass local weights for the model parameter ``param`` ("clip", "captioner")."""
+    """How to pass local weights for the model parameter ``param`` ("clip", "captioner", "spaces")."""
+    if param == "spaces":
+        return ("download the weights on a machine with access and give the space as NAME=ARCH@FILE (the checkpoint "
+                "file), or save an open_clip folder (open_clip_config.json + open_clip_model.safetensors) and give "
+                "it as NAME=local-dir:PATH")
     tag = "pretrained" if param == "clip" else f"{param}_pretrained"
     return _OFFLINE_HINT.format(param=param, tag=tag, flag=param.replace("_", "-"), tag_flag=tag.replace("_", "-"))
 
@@ -115,10 +119,14 @@ def parse_clip_spec(model: str | None = None, pretrained: str | None = None, *, 
     import open_clip
 
     tag_param = "pretrained" if param == "clip" else f"{param}_pretrained"
+    label, tag_label = param, tag_param
+    if param == "spaces":  # a space is NAME=MODEL@PRETRAINED: name its parts as a user types them
+        tag_param = param
+        label, tag_label = "the space's MODEL", "its @PRETRAINED"
     model = model or default_model
     if model.startswith(LOCAL_DIR):
         if pretrained:
-            raise InputError(f"{tag_param} cannot be combined with {param}={model}: the folder holds the weights",
+            raise InputError(f"{tag_label} cannot be combined with {label}={model}: the folder holds the weights",
                              param=tag_param)
         folder = Path(model[len(LOCAL_DIR):]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
@@ -131,12 +139,12 @@ def parse_clip_spec(model: str | None = None, pretrained: str | None = None, *, 
         return ClipSpec(LOCAL_DIR + str(folder.resolve()))
     if model.startswith(HF_HUB):
         if pretrained:
-            raise InputError(f"{tag_param} cannot be combined with {param}={model}", param=tag_param)
+            raise InputError(f"{tag_label} cannot be combined with {label}={model}", param=tag_param)
         return ClipSpec(model)
     if Path(model).is_file():
         raise InputError(
-            f"{model} is a file: name the architecture as {param} (e.g. {default_model}) and pass the checkpoint "
-            f"file as {tag_param}", param=param)
+            f"{model} is a file: name the architecture as {label} (e.g. {default_model}) and pass the checkpoint "
+            f"file as {tag_label}", param=param)
     known = open_clip.list_models()
     if model not in known:
         close = difflib.get_close_matches(model, known, n=3)
@@ -147,7 +155,7 @@ def parse_clip_spec(model: str | None = None, pretrained: str | None = None, *, 
         if model != default_model:
             tags = open_clip.list_pretrained_tags_by_model(model)
             raise InputError(
-                f"{param}={model} needs {tag_param}: a tag or a checkpoint file "
+                f"{label}={model} needs {tag_label}: a tag or a checkpoint file "
                 f"(tags for {model}: {', '.join(tags) or 'none'}); without weights the model is random",
                 param=tag_param)
         pretrained = default_pretrained
@@ -202,7 +210,7 @@ def locate_weights(spec: ClipSpec, *, param: str = "clip") -> Path:
         return path
     if os.path.isfile(spec.pretrained or ""):
         return Path(spec.pretrained)
-    what = "CLIP" if param == "clip" else param
+    what = "CLIP" if param in ("clip", "spaces") else param
     cfg = {"hf_hub": spec.model[len(HF_HUB):] + "/"} if spec.model.startswith(HF_HUB) else \
         open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
     found = hub.cached(cfg)

@@ -20,6 +20,7 @@ from nearest_prompt.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # tried after a bare name
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x 9459)
 # our own check decides first (on the header, below the limit); Pillow's warning between its limit and twice it
 # would only repeat it
@@ -108,6 +109,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if mode != "RGB":
         im = im.convert("RGB")
     return im
+
+
+def find_image(ref: str | os.PathLike, bases: Iterable[Path]) -> Path | None:
+    """The file an image reference names, or None: the path itself, else in each of ``bases`` or its ``images/``
+    folder (the name as given, or with an image suffix added). How a pairs file and a corpus's image column find
+    their images."""
+    ref_path = Path(ref)
+    candidates = [ref_path]
+    if not ref_path.is_absolute():
+        for base in bases:
+            found = [base / ref_path, base / "images" / ref_path]
+            candidates += found + [c.with_name(c.name + s) for c in found for s in IMAGE_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 @dataclass(frozen=True)

@@ -96,12 +96,13 @@ class EvalReport:
         }
 
     def table(self) -> str:
-        head = f"{'method':<38}{'n':>6}{'mean':>9}{'median':>9}{'q10':>8}{'q90':>8}{'conf r':>9}"
+        width = max([38, *(len(m.name) + 2 for m in self.methods)])
+        head = f"{'method':<{width}}{'n':>6}{'mean':>9}{'median':>9}{'q10':>8}{'q90':>8}{'conf r':>9}"
         rows = [self.title, head, "-" * len(head)]
         for m in self.methods:
             s = m.summary()
             r = s.get("confidence", {}).get("pearson")
-            rows.append(f"{m.name:<38}{s['n']:>6}{s['mean']:>9.4f}{s['median']:>9.4f}{s['q10']:>8.4f}"
+            rows.append(f"{m.name:<{width}}{s['n']:>6}{s['mean']:>9.4f}{s['median']:>9.4f}{s['q10']:>8.4f}"
                         f"{s['q90']:>8.4f}{'' if r is None else format(r, '.3f'):>9}")
         return "\n".join(rows)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from nearest_prompt.common.atomic import make_parent
 from nearest_prompt.common.errors import InputError
+from nearest_prompt.encoders.images import find_image
 
 from .submission import ids_path, read_submission, write_npy, write_submission
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "imgId", "path", "file", "image_path", "filename", "id")
 CAPTION_COLUMNS = ("caption", "prompt", "text")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 PREDICTION_SUFFIXES = (".csv", ".npy")
 
 
@@ -94,12 +94,9 @@ def read_pairs(path: str | Path, *, prompt_column: str | None = None) -> tuple[l
 
 
 def _resolve_image(base: Path, ref: str) -> Path:
-    ref_path = Path(ref)
-    candidates = [ref_path, base / ref_path, base / "images" / ref_path]
-    candidates += [c.with_name(c.name + s) for c in candidates[1:] for s in IMAGE_SUFFIXES]
-    for c in candidates:
-        if c.is_file():
-            return c
+    found = find_image(ref, [base])
+    if found is not None:
+        return found
     raise InputError(f"image {ref!r} of the pairs file not found (looked in {base} and {base / 'images'})",
                      param="pairs")
 

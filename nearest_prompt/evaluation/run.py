@@ -17,7 +17,7 @@ from nearest_prompt.common.progress import progress_bar
 from nearest_prompt.common.text import dedup_keys, first_clause
 from nearest_prompt.composer import ComposeOptions, Composer
 from nearest_prompt.composer.compose import COMPOSE_CHUNK
-from nearest_prompt.retriever import Neighbors, Retriever
+from nearest_prompt.retriever import Neighbors, Retriever, SearchPlan
 from nearest_prompt.retriever.search import check_k
 from nearest_prompt.retriever.weighting import Weighting
 
@@ -40,15 +40,22 @@ WEIGHTINGS = {"power_p6": Weighting(), "softmax_t0.01": Weighting(scheme="softma
 
 def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequence[Path] | None = None,
              k: int, title: str, weightings: dict[str, Weighting] | None = None,
-             compose: ComposeOptions | None = ComposeOptions(), progress: bool = False) -> EvalReport:
+             compose: ComposeOptions | None = ComposeOptions(), progress: bool = False,
+             plans: Sequence[SearchPlan] = ()) -> EvalReport:
     """Score ``route`` ("pairs": ``images`` with their true ``prompts``; "text-oracle", "text-degraded":
     held-out ``prompts``) with the competition metric, beside the constant-prompt and corpus-mean
     baselines; with ``compose`` (None: skip), also the composed prompt (``composer``; on the text routes
-    the query is a MiniLM vector, so it composes towards the predicted vector, objective ``minilm``)."""
+    the query is a MiniLM vector, so it composes towards the predicted vector, objective ``minilm``).
+    ``plans`` (pairs only): the CLIP spaces, cascades and fusions to score, each a set of rows (its name in
+    brackets); the images are embedded once per model. Default: the primary space."""
     from .evaluate import CONSTANT_PROMPT
 
     if route not in ROUTES:
         raise InputError(f"route must be one of {', '.join(ROUTES)}, got {route!r}", param="route")
+    if plans and route != "pairs":
+        raise InputError("spaces, cascades and fusions are scored on image pairs (the text routes search MiniLM)",
+                         param="space")
+    plans = [r.plan(p) for p in plans] or [r.plan()]
     if not prompts:
         raise InputError("nothing to evaluate: no prompts", param="prompts")
     check_k(k, r.rows)
@@ -56,7 +63,9 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
     truth = r.embed_texts(list(prompts), space="minilm")
     constant = r.embed_texts([CONSTANT_PROMPT], space="minilm")[0]
     items = [str(p) for p in images] if route == "pairs" else list(prompts)
+    primary = r.store.primary
     settings = {"index": str(r.store.path), "rows": r.rows, "k": k,
+                "searches": [p.describe(primary) for p in plans] if route == "pairs" else [],
                 "weightings": {n: vars(w) for n, w in weightings.items()},
                 "compose": None if compose is None else vars(compose)}
     composer = compose_fn = None
@@ -74,11 +83,17 @@ def evaluate(r: Retriever, *, route: str, prompts: Sequence[str], images: Sequen
     if route == "pairs":
         if images is None or len(images) != len(prompts):
             raise InputError("the pairs route needs one image per prompt", param="images")
-        emb = r.embed_images(list(images), progress=progress)  # named files: any failure is an error
-        methods = neighbour_methods(r.search(emb.vectors, k=k), minilm, truth, weightings)
+        spaces = list(dict.fromkeys([primary, *(s for p in plans for s in p.spaces(primary))]))
+        emb = r.embed_images(list(images), progress=progress, spaces=spaces)  # named files: any failure is an error
+        methods = []
+        for plan in plans:
+            found = neighbour_methods(r.search(emb.by_space, k=k, plan=plan), minilm, truth, weightings)
+            if len(plans) > 1 or plans[0] != r.plan():
+                found = [replace(m, name=f"{m.name} [{plan.describe(primary)}]") for m in found]
+            methods += found
         if composer is not None:
             with progress_bar(total=len(emb.vectors), desc="composing", enabled=progress, unit="img") as bar:
-                done = composer.interrogate(emb.vectors, weighting=next(iter(weightings.values())))
+                done = composer.interrogate(emb.by_space, weighting=next(iter(weightings.values())), plan=plans[0])
                 bar.update(len(done))
             methods.append(MethodScores(COMPOSED, cosine(np.stack([c.minilm for c in done]), truth),
                                         note=f"MiniLM of the composed prompt (composer, objective {compose.objective})"))

@@ -42,8 +42,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nearest_prompt.common.errors import NearestPromptError, StoreError
 from nearest_prompt.composer import ComposeOptions, Composer
 from nearest_prompt.encoders.images import set_pixel_limit
+from nearest_prompt.index_store.format import image_space
 from nearest_prompt.index_store.reader import changed_in_place
-from nearest_prompt.retriever import Retriever, Weighting
+from nearest_prompt.retriever import Retriever, SearchPlan, Weighting
 from nearest_prompt.retriever.search import resolve_k
 
 from . import models
@@ -100,10 +101,16 @@ def open_served(settings: ServeSettings, *, reuse: Retriever | None = None) -> R
     run a probe search: what start-up and reload both do before anything is served from it. The retriever
     returned holds the models themselves; ``Service`` serves through queued views of them."""
     r = Retriever.open(settings.index, clip=settings.clip, pretrained=settings.pretrained, device=settings.device)
-    if reuse is not None and r.store.clip_info.mismatch(reuse.clip.info) is None:
-        r = Retriever(r.store, clip=reuse.clip, minilm=reuse.minilm, device=settings.device)
+    if reuse is not None:  # the models of the old store that the new one has too, as they are
+        same = {name: reuse.clip_for(name) for name in reuse.text_spaces() if name in r.store.manifest.spaces
+                and r.store.space(name).model.mismatch(reuse.clip_for(name).info) is None}
+        r = Retriever(r.store, minilm=reuse.minilm, device=settings.device, clips=same)
     r.use_search_backend(settings.search_backend)
-    r.search(r.embed_texts(["a probe query"]), k=1)
+    for name in r.text_spaces():  # every CLIP model loaded now, each index probed
+        q = r.embed_texts(["a probe query"], space=name)
+        for space in r.store.spaces:
+            if r.store.model_space(space) == name:
+                r.search(q, k=1, space=space)
     r.minilm  # noqa: B018 - loaded now: caption fusion, MiniLM queries and the composer need it
     return r
 
@@ -131,9 +138,7 @@ class Service:
         self.token = settings.bearer_token()
         self.metrics = Metrics()
         self.admission = Admission(settings.queue_size)
-        wait_s = settings.max_wait_ms / 1000
-        self.workers = {name: ModelWorker(name, max_batch=settings.max_batch, max_wait_s=wait_s,
-                                          on_pass=self.metrics.forward_pass)
+        self.workers = {name: self._worker(name)
                         for name in ("clip", "minilm", *(("captioner",) if captioner is not None else ()))}
         self.metrics.watch(self.admission, self.workers)
         self.captioner = QueuedCaptioner(captioner, self.workers["captioner"]) if captioner is not None else None
@@ -143,10 +148,25 @@ class Service:
         self._refused: int | None = None  # a new version that failed to open (tried again when it changes)
         self._reload_lock = asyncio.Lock()
 
+    def _worker(self, name: str) -> ModelWorker:
+        return ModelWorker(name, max_batch=self.settings.max_batch, max_wait_s=self.settings.max_wait_ms / 1000,
+                           on_pass=self.metrics.forward_pass)
+
+    def clip_worker(self, space: str, primary: str) -> ModelWorker:
+        """The worker of a CLIP text space's model: "clip" for the primary space, "clip-NAME" for the others."""
+        name = "clip" if space == primary else f"clip-{space}"
+        if name not in self.workers:
+            self.workers[name] = self._worker(name)
+            self.metrics.watch(self.admission, {name: self.workers[name]})
+        return self.workers[name]
+
     def _serve(self, loaded: Retriever) -> Served:
         self.version = store_version(loaded.store.path)
-        queued = loaded.with_encoders(clip=QueuedClip(loaded.clip, self.workers["clip"]),
-                                      minilm=QueuedMiniLM(loaded.minilm, self.workers["minilm"]))
+        primary = loaded.store.primary
+        clips = {name: QueuedClip(loaded.clip_for(name), self.clip_worker(name, primary))
+                 for name in loaded.text_spaces()}
+        queued = loaded.with_encoders(clip=clips.pop(primary), minilm=QueuedMiniLM(loaded.minilm, self.workers["minilm"]),
+                                      clips=clips)
         return Served(models=loaded, retriever=queued)
 
     def current(self) -> Retriever:
@@ -311,9 +331,10 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
 
     # -- query ------------------------------------------------------------------------------------------
     async def query(*, image: bytes | None, text: str | None, embedding: list[float] | None, k: int,
-                    where: str | None = None) -> dict[str, Any]:
+                    where: str | None = None, options: Any = None, plan: SearchPlan | None = None) -> dict[str, Any]:
         r = service.current()
         where = checked_where(r, where)
+        plan = plan or checked_plan(r, options)
         given = [name for name, v in (("image", image), ("text", text), ("embedding", embedding)) if v is not None]
         if len(given) != 1:
             raise ClientError(400, "give exactly one of image, text or embedding" + (f" (got {', '.join(given)})"
@@ -321,15 +342,23 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
         if text is not None and not text.strip():
             raise ClientError(400, "text: empty; give a text to search for")
 
+        spaces = plan.spaces(r.store.primary)
+        if embedding is not None and len({r.store.model_space(s) if s != "minilm" else s for s in spaces}) > 1:
+            raise ClientError(400, "embedding: one vector cannot query spaces of different models; give an image "
+                                   "or a text")
+        if image is not None and "minilm" in spaces:
+            raise ClientError(400, "space: images are searched in CLIP spaces, not minilm")
+
         def work(images: list[Any]) -> dict[str, Any]:
             if embedding is not None:
-                q = unit_embedding(embedding, r.store.indexes["clip"].d, field="embedding")
+                q: Any = unit_embedding(embedding, r.store.indexes[spaces[0]].d, field="embedding")
             elif text is not None:
-                q = r.embed_texts([text])
+                q = r.embed_queries([text], spaces)
             else:
-                q = r.embed_images(images).vectors
-            nb = r.search(q, k=k, where=where)
-            return {"neighbors": neighbors_of(r, nb.ids[0], nb.scores[0]), "note": r.store.note}
+                q = r.embed_images(images, spaces=spaces).by_space
+            nb = r.search(q, k=k, where=where, plan=plan)
+            return {"neighbors": neighbors_of(r, nb.ids[0], nb.scores[0]), "note": r.store.note,
+                    "search": plan.describe(r.store.primary)}
 
         return await service.run(1, work, blobs=[image] if image is not None else [])
 
@@ -337,19 +366,20 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
     async def query_json(req: QueryRequest) -> dict[str, Any]:
         image = Base64Image.of(req.image, "image") if req.image is not None else None
         return await query(image=image, text=req.text, embedding=req.embedding, k=k_of(req, service.current().rows),
-                           where=req.where)
+                           where=req.where, options=req)
 
     @upload_route("/query", response_model=QueryResponse, summary="nearest prompts to an uploaded image")
     async def query_upload(form: Annotated[QueryForm, File()]) -> dict[str, Any]:
         [image] = await read_uploads(form.image, one=True)
         return await query(image=image, text=None, embedding=None, k=k_of(form, service.current().rows),
-                           where=form.where)
+                           where=form.where, options=form)
 
     # -- predict ----------------------------------------------------------------------------------------
     async def predict(blobs: list[bytes], o: Any, captions: list[str | None] | None) -> dict[str, Any]:
         r = service.current()
         k = k_of(o, r.rows)
         where = checked_where(r, o.where)
+        plan = checked_plan(r, o, images=True)
         captions = check_captions(captions, len(blobs))
         if o.caption_images and service.captioner is None:
             raise ClientError(400, "caption_images: this server has no captioner (start it with --captioner)")
@@ -362,9 +392,9 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
             if missing:
                 for i, c in zip(missing, service.captioner.caption([images[i] for i in missing])):
                     caps[i] = c
-            vectors = r.embed_images(images).vectors
+            vectors = r.embed_images(images, spaces=plan.spaces(r.store.primary)).by_space
             pred = r.predict(vectors, k=k, weighting=weighting, captions=caps if any(caps) else None,
-                             caption_weight=o.caption_weight, caption_space=o.caption_space, where=where)
+                             caption_weight=o.caption_weight, caption_space=o.caption_space, where=where, plan=plan)
             return {"results": [{"vector": v.tolist(), "confidence": float(c),
                                  "top_score": None if t != t else float(t)}
                                 for v, c, t in zip(pred.vectors, pred.confidence, pred.top_score)],
@@ -388,13 +418,15 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
                                  neighbors=o.neighbors, fragments=o.fragments).validate()
         caption = o.caption if o.caption and o.caption.strip() else None
         where = checked_where(r, o.where)
+        plan = checked_plan(r, o, images=True)
+        spaces = list(dict.fromkeys([r.store.primary, *plan.spaces(r.store.primary)]))
 
         def work(images: list[Any]) -> dict[str, Any]:
             cap = caption
             if cap is None and service.captioner is not None:
                 cap = service.captioner.caption(images)[0] or None
-            vectors = r.embed_images(images).vectors
-            [done] = Composer(r, options=options).interrogate(vectors, captions=[cap], where=where)
+            vectors = r.embed_images(images, spaces=spaces).by_space
+            [done] = Composer(r, options=options).interrogate(vectors, captions=[cap], where=where, plan=plan)
             return {**done.to_dict(), "caption": cap, "note": r.store.note}
 
         return await service.run(INTERROGATE_WORK + (service.captioner is not None and caption is None), work,
@@ -427,8 +459,11 @@ def create_app(settings: ServeSettings, *, retriever: Retriever | None = None, c
             raise ClientError(400, "give exactly one of text, image, image_url or embedding_input")
         image = Base64Image.of(req.image, "image") if req.image else await _fetch(req.image_url) \
             if req.image_url else None
+        space = r.store.primary
+        if req.modality == "image" and image_space(space) in r.store.manifest.spaces:
+            space = image_space(space)  # results that are images: the prompts' images, like with like
         res = await query(image=image, text=req.text or None, embedding=req.embedding_input,
-                          k=min(req.num_images, r.rows))
+                          k=min(req.num_images, r.rows), plan=SearchPlan(space=space))
         return [{"id": n["id"], "similarity": n["score"], "caption": n["prompt"]} for n in res["neighbors"]]
 
     @clip_back("/metadata", response_model=list[MetadataItem], summary="clip back: the prompt of each id")
@@ -496,6 +531,19 @@ def checked_where(r: Retriever, where: str | None) -> str | None:
         except NearestPromptError as e:
             raise ClientError(400, f"where: {e}") from None
     return where
+
+
+def checked_plan(r: Retriever, options: Any, *, images: bool = False) -> SearchPlan:
+    """A request's search plan (``space``, ``cascade``, ``fuse``, ``fuse_weights``, ``min_score``), checked against
+    the store's spaces before any work (400 when it cannot apply)."""
+    try:
+        plan = r.plan(SearchPlan.parse(space=options.space, cascade=options.cascade, fuse=options.fuse,
+                                       fuse_weights=options.fuse_weights, min_score=options.min_score))
+    except NearestPromptError as e:
+        raise ClientError(400, f"{e.param or 'space'}: {e}") from None
+    if images and "minilm" in plan.spaces(r.store.primary):
+        raise ClientError(400, "space: images are searched in CLIP spaces, not minilm")
+    return plan
 
 
 def k_of(options: Any, rows: int) -> int:

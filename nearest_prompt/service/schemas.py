@@ -27,12 +27,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SpaceOptions(Strict):
+    """Which CLIP spaces the search uses (docs/spaces.md): one of ``space``, ``cascade``, ``fuse``."""
+
+    space: str | None = Field(None, max_length=64, description="a space of the index (default: its first CLIP space; "
+                              "NAME-image for an image space; minilm for a text)")
+    cascade: str | None = Field(None, max_length=200, description="'A:N,B': the top N of space A scored again "
+                                "exactly in space B")
+    fuse: str | None = Field(None, max_length=200, description="'A,B': each space's top k, scored exactly in each "
+                             "and summed with fuse_weights")
+    fuse_weights: list[float] | None = Field(None, max_length=16, description="one weight per fused space, scaled "
+                                             "to sum to 1 (default: equal)")
+    min_score: float | None = Field(None, ge=-1, le=1, description="drop neighbours whose final score is below it")
+
+
 class ErrorResponse(BaseModel):
     error: str = Field(description="one line naming the problem and the fix")
 
 
 # -- query ------------------------------------------------------------------------------------------------
-class QueryOptions(Strict):
+class QueryOptions(SpaceOptions):
     k: int = Field(10, ge=1, le=MAX_K, description="neighbours to return (at most the index size)")
     where: str | None = WHERE
 
@@ -59,11 +73,12 @@ class Neighbor(BaseModel):
 
 class QueryResponse(BaseModel):
     neighbors: list[Neighbor]
+    search: str | None = Field(None, description="the spaces searched: 'space clip', 'cascade big:60,clip', ...")
     note: str | None = None
 
 
 # -- predict ----------------------------------------------------------------------------------------------
-class PredictOptions(Strict):
+class PredictOptions(SpaceOptions):
     k: int = Field(100, ge=1, le=MAX_K)
     weighting: Literal["power", "softmax"] = "power"
     power: float = Field(6.0, gt=0, le=1e6)
@@ -100,7 +115,7 @@ class PredictResponse(BaseModel):
 
 
 # -- interrogate ------------------------------------------------------------------------------------------
-class InterrogateOptions(Strict):
+class InterrogateOptions(SpaceOptions):
     caption: str | None = Field(None, max_length=MAX_TEXT, description="starts the prompt (e.g. from a captioner; "
                                 "without one, the server's captioner writes it when it has one)")
     mode: Literal["best", "fast", "classic"] = "best"
@@ -161,7 +176,8 @@ class ReloadResponse(BaseModel):
 class KnnRequest(BaseModel):
     """clip-retrieval's ``/knn-service`` body. Accepted and ignored: use_mclip, aesthetic_score,
     aesthetic_weight, deduplicate, use_safety_model, use_violence_detector (and any other field its client
-    sends); ``modality`` may be "image" or "text": both search the prompts' CLIP vectors."""
+    sends). ``modality`` "image" searches the image space of the first CLIP space when the index has one (the
+    CLIP image vectors of the prompts' images), else the prompts; "text" the prompts."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -169,7 +185,8 @@ class KnnRequest(BaseModel):
     image: str | None = None
     image_url: str | None = None
     embedding_input: list[float] | None = Field(None, max_length=MAX_EMBEDDING)
-    modality: Literal["image", "text"] = "image"
+    modality: Literal["image", "text"] = Field("image", description="image: the index's image space when it has "
+                                                "one (the prompts' images), else its prompts; text: its prompts")
     num_images: int = Field(40, ge=1, le=MAX_K)
     num_result_ids: int | None = Field(None, ge=1, le=MAX_K)
     indice_name: str | None = None
