@@ -72,8 +72,9 @@ def build_config(store: Store) -> BuildConfig:
     """The options the store was built with (defaults for those an older manifest lacks)."""
     known = {f.name for f in dataclasses.fields(BuildConfig)}
     given = {k: v for k, v in store.manifest.build.get("config", {}).items() if k in known}
-    if isinstance(given.get("columns"), list):
-        given["columns"] = tuple(given["columns"])
+    for name in ("columns", "spaces"):
+        if isinstance(given.get(name), list):
+            given[name] = tuple(given[name])
     return BuildConfig(**given)
 
 

@@ -352,8 +352,9 @@ class Retriever:
         when None).
 
         ``captions`` (one per query, ``None`` where there is none) adds a second query per image, fused
-        with the image's neighbours (``weighting.fuse``): its text searched in ``caption_space`` ("clip": the
-        primary space, or "minilm") with weight ``caption_weight`` (the image has 1)."""
+        with the image's neighbours (``weighting.fuse``): its text searched in ``caption_space`` (a CLIP space,
+        "clip" meaning the primary one when no space has that name, or "minilm") with weight ``caption_weight``
+        (the image has 1)."""
         weighting = (weighting or Weighting()).validate()
         check_k(k, self.rows)
         image_nb = self.search(queries, k=k, where=where, plan=plan)
@@ -362,7 +363,8 @@ class Retriever:
         n = len(image_nb.ids)
         if len(captions) != n:
             raise InputError(f"{len(captions)} captions for {n} queries", param="captions")
-        space = self.store.primary if caption_space == "clip" else self.check_space(caption_space)
+        space = self.store.primary if caption_space == "clip" and "clip" not in self.store.manifest.spaces \
+            else self.check_space(caption_space)
         have = [i for i, c in enumerate(captions) if c]
         cap_ids = np.full((n, k), -1, dtype=np.int64)
         cap_scores = np.full((n, k), -np.inf, dtype=np.float32)

@@ -8,11 +8,19 @@ ground truth), on synthetic clustered unit vectors.
 Data: 4,096 random unit centres; each point a centre plus Gaussian noise (cosine about 0.8 to its centre),
 normalised, written as float16 shards of a million rows, generated a block at a time (never all in memory);
 the queries are fresh points of the same distribution. Synthetic vectors, not real CLIP embeddings: the
-figures measure the indexes, not image-to-prompt quality. autofaiss runs from its own virtual environment
-(``python -m venv runs/autofaiss-venv && runs/autofaiss-venv/bin/pip install autofaiss``), since its pins are
-not ours. Each build and each search runs in a process of its own, whose peak resident memory (VmHWM) is
-reported. Per method the JSON holds recall_at_10, build_s, build_rss_gib, search_rss_gib, single_qps (one
-query per call), batch_qps (one call of --queries), ram_bytes_per_vector and disk_bytes_per_vector.
+figures measure the indexes, not image-to-prompt quality.
+
+autofaiss runs from its own virtual environment, since its pins are not ours: ``python -m venv
+runs/autofaiss-venv && runs/autofaiss-venv/bin/pip install autofaiss 'pyarrow<15' faiss-cpu==1.7.4``
+(autofaiss 2.18 imports pyarrow against numpy 1, and calls ``faiss.OPQMatrix`` with keywords that faiss 1.8
+and later refuse).
+
+Each build and each search runs in a process of its own, whose peak resident memory is reported twice: VmHWM
+(every resident page, file pages of mapped or freshly written files included: the kernel can drop those)
+and the peak of RssAnon sampled every 0.2 s (heap, arrays, faiss structures: what cannot be dropped). Per
+method the JSON holds recall_at_10, build_s, build_rss_gib, build_anon_gib, search_rss_gib, search_anon_gib,
+single_qps (one query per call), batch_qps (one call of --queries), ram_bytes_per_vector and
+disk_bytes_per_vector.
 """
 
 from __future__ import annotations
@@ -42,6 +50,26 @@ def _vmhwm() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+ANON_SAMPLER = """
+import threading
+def _anon():
+    return int([l for l in open("/proc/self/status") if l.startswith("RssAnon")][0].split()[1]) * 1024
+PEAK_ANON = [_anon()]
+def _sample():
+    import time
+    while True:
+        PEAK_ANON[0] = max(PEAK_ANON[0], _anon())
+        time.sleep(0.2)
+threading.Thread(target=_sample, daemon=True).start()
+"""
+exec(ANON_SAMPLER)  # noqa: S102 - the same sampler runs in the autofaiss processes (their scripts start with it)
+
+
+def _peak_anon() -> int:
+    PEAK_ANON[0] = max(PEAK_ANON[0], _anon())  # noqa: F821 - defined by ANON_SAMPLER
+    return PEAK_ANON[0]  # noqa: F821
 
 
 def _emit(**values) -> None:
@@ -109,7 +137,8 @@ def phase_exact(work: Path, paths: list[Path], queries: np.ndarray) -> None:
         exact_knn(queries[i:i + 1], m, K, block_rows=GEN_ROWS)
     single_s = (time.perf_counter() - t) / 3
     n, d = m.shape
-    _emit(recall_at_10=1.0, build_s=0.0, build_rss_gib=0.0, search_rss_gib=_vmhwm() / 2**30,
+    _emit(recall_at_10=1.0, build_s=0.0, build_rss_gib=0.0, build_anon_gib=0.0, search_rss_gib=_vmhwm() / 2**30,
+          search_anon_gib=_peak_anon() / 2**30,
           single_qps=1 / single_s, batch_qps=len(queries) / batch_s, ram_bytes_per_vector=0.0,
           disk_bytes_per_vector=2.0 * d, method="exact blockwise search (numpy/faiss brute force over the shards)")
 
@@ -133,7 +162,8 @@ def phase_ours_build(work: Path, paths: list[Path], budget: float) -> None:
     info = build_index(m, plan, path=out / "index.faiss", refine_path=vectors, seed=0)
     build_s = time.perf_counter() - t
     (out / "info.json").write_text(json.dumps(info))
-    _emit(build_s=build_s, build_rss_gib=_vmhwm() / 2**30, info=info, note=plan.note)
+    _emit(build_s=build_s, build_rss_gib=_vmhwm() / 2**30, build_anon_gib=_peak_anon() / 2**30, info=info,
+          note=plan.note)
 
 
 def _time_search(search, queries: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -160,12 +190,13 @@ def phase_ours_search(work: Path, queries: np.ndarray, exact: np.ndarray) -> Non
     single, batch, ids = _time_search(index.search, queries)
     n = info["ntotal"]
     disk = sum(p.stat().st_size for p in out.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy"))
-    _emit(recall_at_10=recall_at_k(ids, exact), search_rss_gib=_vmhwm() / 2**30, single_qps=single, batch_qps=batch,
+    _emit(recall_at_10=recall_at_k(ids, exact), search_rss_gib=_vmhwm() / 2**30, search_anon_gib=_peak_anon() / 2**30,
+          single_qps=single, batch_qps=batch,
           ram_bytes_per_vector=info["ram_bytes"] / n, disk_bytes_per_vector=disk / n,
           method=f"ours: {info['type']} {info['params']}")
 
 
-AUTOFAISS_BUILD = """
+AUTOFAISS_BUILD = ANON_SAMPLER + """
 import json, sys, time
 from autofaiss import build_index
 data, out, budget, cores = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -175,10 +206,11 @@ build_index(embeddings=data, index_path=out + "/knn.index", index_infos_path=out
             verbose=30)
 seconds = time.perf_counter() - t
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print("RESULT " + json.dumps({"build_s": seconds, "build_rss_gib": int(hwm) * 1024 / 2**30}), flush=True)
+print("RESULT " + json.dumps({"build_s": seconds, "build_rss_gib": int(hwm) * 1024 / 2**30,
+                             "build_anon_gib": max(PEAK_ANON[0], _anon()) / 2**30}), flush=True)
 """
 
-AUTOFAISS_SEARCH = """
+AUTOFAISS_SEARCH = ANON_SAMPLER + """
 import json, os, sys, time
 import numpy as np, faiss
 out, queries, exact, single_n = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3]), int(sys.argv[4])
@@ -198,7 +230,8 @@ hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()
 n = index.ntotal
 size = os.path.getsize(out + "/knn.index")
 print("RESULT " + json.dumps({"recall_at_10": recall, "single_qps": single, "batch_qps": batch,
-      "search_rss_gib": int(hwm) * 1024 / 2**30, "ram_bytes_per_vector": size / n, "disk_bytes_per_vector": size / n,
+      "search_rss_gib": int(hwm) * 1024 / 2**30, "search_anon_gib": max(PEAK_ANON[0], _anon()) / 2**30,
+      "ram_bytes_per_vector": size / n, "disk_bytes_per_vector": size / n,
       "method": "autofaiss " + infos["index_key"] + " " + infos["index_param"]}), flush=True)
 """
 
@@ -263,13 +296,18 @@ def main() -> None:
     Path(a.json).write_text(json.dumps(results, indent=2))
     print(f"{a.rows:,} x {a.dim}, memory budget {a.memory_budget:g} GiB, {a.queries} queries, {results['machine']}, "
           f"faiss {results['faiss']}, {results['date']}")
-    print("| method | recall@10 | build s | build RSS GiB | search RSS GiB | RAM B/vector | disk B/vector | "
-          "single q/s | batch q/s |")
+    print("| method | recall@10 | build s | build peak GiB (RSS / anonymous) | search peak GiB (RSS / anonymous) | "
+          "RAM B/vector | disk B/vector | single q/s | batch q/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results["methods"].values():
-        print(f"| {r['method']} | {r['recall_at_10']:.3f} | {r['build_s']:.0f} | {r['build_rss_gib']:.2f} | "
-              f"{r['search_rss_gib']:.2f} | {r['ram_bytes_per_vector']:.0f} | {r['disk_bytes_per_vector']:.0f} | "
-              f"{r['single_qps']:,.0f} | {r['batch_qps']:,.0f} |")
+        print(f"| {r['method']} | {r['recall_at_10']:.3f} | {r['build_s']:.0f} | {r['build_rss_gib']:.2f} / "
+              f"{r.get('build_anon_gib', 0):.2f} | {r['search_rss_gib']:.2f} / {r.get('search_anon_gib', 0):.2f} | "
+              f"{r['ram_bytes_per_vector']:.0f} | {r['disk_bytes_per_vector']:.0f} | {_qps(r['single_qps'])} | "
+              f"{_qps(r['batch_qps'])} |")
+
+
+def _qps(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 if __name__ == "__main__":

@@ -186,6 +186,21 @@ def test_a_store_without_an_image_space_says_so(store_dir, capsys):
         Retriever.open(store_dir).search(np.zeros((1, 64), np.float32), plan=SearchPlan(space="big"))
 
 
+def test_captions_search_the_space_asked_for(r):
+    from nearest_prompt.retriever import Weighting
+    from nearest_prompt.retriever.weighting import fuse
+
+    q = r.embed_images(sorted((DIFFUSIONDB / "images").iterdir())[:1]).vectors
+    caption = ["a cat in space"]
+    pred = r.predict(q, k=5, captions=caption, caption_space="b")
+    image_nb, caption_nb = r.search(q, k=5), r.search(r.embed_texts(caption, space="b"), k=5, space="b")
+    by_hand = fuse([(image_nb, 1.0), (caption_nb, 1.0)], r.store.minilm, Weighting())
+    np.testing.assert_array_equal(pred.vectors, by_hand.vectors)
+    assert not np.array_equal(pred.vectors, r.predict(q, k=5, captions=caption).vectors)  # "clip": the first, a
+    with pytest.raises(InputError, match="no space 'nope'"):
+        r.predict(q, k=5, captions=caption, caption_space="nope")
+
+
 def test_plans_refuse_bad_input():
     for kwargs, match in [({"cascade": "a,b"}, "A:N,B"), ({"cascade": "a:x,b"}, "not a number"),
                           ({"cascade": "a:0,b"}, "at least 1"), ({"fuse": "a"}, "two or more"),
@@ -343,3 +358,25 @@ def test_the_service_searches_spaces_cascades_and_fusions(store_path, r, tmp_pat
         assert {"clip", "clip-b"} <= passes  # one worker per CLIP model
     finally:
         assert s.stop() in (0, -15), s.log.read_text()[-2000:]
+
+
+def test_a_version_3_store_answers_as_before_and_a_change_writes_version_4(store_dir, tmp_path, clip_encoder, minilm):
+    from dataclasses import replace
+
+    old = tmp_path / "v3"
+    shutil.copytree(store_dir, old)
+    path = old / index_store.format.MANIFEST
+    m = replace(index_store.Manifest.from_dict(json.loads(path.read_text())), format_version=3).to_dict()
+    assert "spaces" not in m and m["index"]["type"] == "flat"  # version 3's layout: one space, models.clip
+    path.write_text(json.dumps(m))
+    a = Retriever.open(old, clip=clip_encoder, minilm=minilm)
+    b = Retriever.open(store_dir, clip=clip_encoder, minilm=minilm)
+    assert a.store.manifest.format_version == 3 and a.store.spaces == ["clip"]
+    q = a.embed_texts(["a castle at dusk", "portrait of a cat"])
+    for space, queries in (("clip", q), ("minilm", a.embed_texts(["a red fox"], space="minilm"))):
+        np.testing.assert_array_equal(a.search(queries, k=10, space=space).ids, b.search(queries, k=10, space=space).ids)
+    indexer.remove(old, matching="(?i)castle", progress=False)
+    changed = Retriever.open(old, clip=clip_encoder, minilm=minilm)
+    assert changed.store.manifest.format_version == 4 and changed.store.spaces == ["clip"]
+    nb = changed.search(q, k=10)
+    assert not any("castle" in p.lower() for p in changed.prompts(nb.ids.ravel()) if p)

@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_weighting_args(pr)
     add_captioner_args(pr)  # --captions CSV | --captioner MODEL: fused with the image query (docs/python-api.md)
     pr.add_argument("--caption-weight", type=float, default=1.0, help="weight of the caption neighbours (image: 1)")
-    pr.add_argument("--caption-space", choices=("clip", "minilm"), default="clip",
-                    help="search captions with the CLIP text encoder or in MiniLM space")
+    pr.add_argument("--caption-space", default="clip", metavar="SPACE",
+                    help="search captions in this space: a CLIP space of the index ('clip': its first one) or minilm")
     add_where_arg(pr)
     add_plan_args(pr)
     add_image_args(pr)

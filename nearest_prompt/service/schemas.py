@@ -85,7 +85,8 @@ class PredictOptions(SpaceOptions):
     eps: float = Field(1e-6, gt=0, le=1e6)
     temperature: float = Field(0.01, gt=0, le=1e6)
     caption_weight: float = Field(1.0, ge=0, le=1e6)
-    caption_space: Literal["clip", "minilm"] = "clip"
+    caption_space: str = Field("clip", max_length=64, description="the space captions are searched in: a CLIP space "
+                               "of the index ('clip': its first one) or minilm")
     caption_images: bool = Field(False, description="caption the images that have no caption with the server's "
                                                      "captioner (serve --captioner) and fuse them")
     where: str | None = WHERE
