@@ -29,6 +29,7 @@ import numpy as np
 
 from nearest_prompt.common.quiet import c_stdout_silenced
 from nearest_prompt.common.topk import exact_knn, recall_at_k
+from nearest_prompt.index_store.knobs import quantizer_ef
 from nearest_prompt.index_store.refine import rerank
 
 from .ivf_blocks import BoundedIVF, MapBlocks, append_ondisk, imbalance, ivfdata_path, open_ivf, write_ondisk
@@ -50,7 +51,8 @@ RECALL_QUERIES = 500
 TARGET_RECALL = 0.95
 KMEANS_ITERATIONS = 10  # coarse k-means; faiss's default 25 costs 2.5x for little recall
 QUERY_NOISE = 0.5  # norm of the random offset added to sampled stored vectors to make recall queries
-NPROBES = (8, 16, 32, 64, 128, 256, 512)
+NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+REFINE_MIN_NPROBE = 8
 K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 EF_SEARCHES = (64, 128, 256, 512, 1024)
 BUILD_EF_SEARCH = 128  # the HNSW quantizer's efSearch while rows are assigned to lists
@@ -284,7 +286,7 @@ def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], queries: np.ndarra
     def configure(index: Any) -> None:
         if params.get("quantizer") == "hnsw":
             faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = params.get(
-                "quantizer_ef", max(64, 2 * params["nprobe"]))
+                "quantizer_ef", quantizer_ef(params["nprobe"]))
 
     if refine is None:
         return recall_at_k(searcher.search(queries, k, nprobe=params["nprobe"], configure=configure)[1], exact)
@@ -349,8 +351,11 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
     k = exact.shape[1]
     hnsw = params.get("quantizer") == "hnsw"
     best: tuple[float, int, int | None] = (-1.0, 0, None)
-    for nprobe in sorted({min(v, params["nlist"]) for v in NPROBES}):
-        ef = max(64, 2 * nprobe)
+    # With a refine stage every candidate is a row read from disk: from 8 lists up, the first pass is good enough
+    # that k_factor stays small; without one, from a single list up.
+    start = REFINE_MIN_NPROBE if refine is not None else 1
+    for nprobe in sorted({min(v, params["nlist"]) for v in NPROBES if v >= start}):
+        ef = quantizer_ef(nprobe)
 
         def configure(index: Any, ef: int = ef) -> None:
             if hnsw:
@@ -374,7 +379,7 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
             break
     recall, params["nprobe"], kf = best
     if hnsw:
-        params["quantizer_ef"] = max(64, 2 * params["nprobe"])
+        params["quantizer_ef"] = quantizer_ef(params["nprobe"])
     if kf is not None:
         params["k_factor"] = kf
     return recall

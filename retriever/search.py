@@ -3,8 +3,8 @@
 A search may be restricted to ``allowed`` rows (a bool mask: live rows, a ``--where`` filter). The restriction
 is applied inside the search, never by fetching more and dropping: up to ``FILTER_EXACT_MAX`` allowed rows are
 scored exactly from the stored vectors; above, faiss skips the other rows itself (an ``IDSelectorBitmap`` in
-the search parameters), IVF indexes probing ``1 / sqrt(fraction allowed)`` times their tuned lists, and a query
-that still finds fewer than ``k`` allowed rows is searched again with four times the lists (up to all of
+the search parameters), IVF indexes probing ``1 / sqrt(fraction allowed)`` times their tuned lists (at least
+8), and a query that still finds fewer than ``k`` allowed rows is searched again with four times the lists (up to all of
 them). Either way ``k`` results come back whenever ``k`` rows are allowed.
 """
 
@@ -20,6 +20,7 @@ from nearest_prompt.index_store.format import SPACES  # noqa: F401  (re-exported
 
 QUERY_CHUNK = 4096
 FILTER_EXACT_MAX = 65_536  # allowed rows up to which a filtered search scores them exactly
+FILTER_MIN_NPROBE = 8  # lists a filtered search of an IVF index probes at least, before widening
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def _selector_search(index: Any, q: np.ndarray, k: int, allowed: np.ndarray,
     """faiss's own filtered search: an ID selector over ``allowed`` in the search parameters."""
     import faiss
 
+    from nearest_prompt.index_store.knobs import quantizer_ef
     from nearest_prompt.index_store.refine import RefinedIndex, rerank
 
     if n_allowed == 0:
@@ -124,13 +126,14 @@ def _selector_search(index: Any, q: np.ndarray, k: int, allowed: np.ndarray,
     ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
         fraction = n_allowed / len(allowed)
-        nprobe = min(ivf.nlist, max(ivf.nprobe, int(np.ceil(ivf.nprobe / np.sqrt(fraction)))))
+        floor = max(ivf.nprobe, FILTER_MIN_NPROBE)  # an index tuned to very few lists needs more under a filter
+        nprobe = min(ivf.nlist, max(ivf.nprobe, int(np.ceil(floor / np.sqrt(fraction)))))
         hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
         def params(nprobe: int) -> Any:
             p = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
             if hnsw_quantizer:
-                p.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe))
+                p.quantizer_params = faiss.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
             return p
         knobs, widest = [nprobe], ivf.nlist
     elif isinstance(faiss.downcast_index(base), faiss.IndexHNSW):

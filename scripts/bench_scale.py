@@ -1,9 +1,10 @@
 """Search at scale, side by side in one run: the index ``auto`` plans for the memory budget (built by the code a
 store build runs), autofaiss's ``build_index`` under the same memory limit, and exact blockwise search (the
-ground truth), on synthetic clustered unit vectors.
+ground truth), on synthetic clustered unit vectors; ``numpy`` (brute force with the float32 matrix in memory,
+where it fits) on request.
 
     python scripts/bench_scale.py --rows 1000000 --dim 768 --memory-budget 4 --queries 1000 --json runs/scale_1m.json
-        [--work runs/bench_scale] [--methods ours,autofaiss,exact] [--autofaiss-python runs/autofaiss-venv/bin/python]
+        [--work runs/bench_scale] [--methods ours,autofaiss,exact,numpy] [--autofaiss-python runs/autofaiss-venv/bin/python]
 
 Data: 4,096 random unit centres; each point a centre plus Gaussian noise (cosine about 0.8 to its centre),
 normalised, written as float16 shards of a million rows, generated a block at a time (never all in memory);
@@ -126,6 +127,38 @@ def ground_truth(work: Path, paths: list[Path], queries: np.ndarray) -> tuple[np
 
 
 # -- phases, each in a process of its own ----------------------------------------------------------------------
+def phase_numpy(work: Path, paths: list[Path], queries: np.ndarray, exact: np.ndarray) -> None:
+    """Brute force with the whole matrix in memory as float32 (numpy: one matrix product and a partial sort per
+    call): the plain baseline, where the matrix fits in memory."""
+    from nearest_prompt.common.topk import recall_at_k
+    from nearest_prompt.indexer.shards import ShardedMatrix
+
+    m = ShardedMatrix(paths)
+    n, d = m.shape
+    matrix = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, GEN_ROWS):
+        matrix[start:start + GEN_ROWS] = m[start:start + GEN_ROWS]
+
+    def search(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = q @ matrix.T
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1)
+        return None, np.take_along_axis(top, order, 1)
+
+    search(queries[:2], K)
+    t = time.perf_counter()
+    for i in range(10):
+        search(queries[i:i + 1], K)
+    single = 10 / (time.perf_counter() - t)
+    t = time.perf_counter()
+    ids = np.concatenate([search(queries[s:s + 100], K)[1] for s in range(0, len(queries), 100)])
+    batch = len(queries) / (time.perf_counter() - t)
+    _emit(recall_at_10=recall_at_k(ids, exact), build_s=0.0, build_rss_gib=0.0, build_anon_gib=0.0,
+          search_rss_gib=_vmhwm() / 2**30, search_anon_gib=_peak_anon() / 2**30, single_qps=single, batch_qps=batch,
+          ram_bytes_per_vector=4.0 * d, disk_bytes_per_vector=2.0 * d,
+          method="numpy brute force, the float32 matrix in memory")
+
+
 def phase_exact(work: Path, paths: list[Path], queries: np.ndarray) -> None:
     from nearest_prompt.common.topk import exact_knn
     from nearest_prompt.indexer.shards import ShardedMatrix
@@ -260,8 +293,8 @@ def main() -> None:
     work = Path(a.work) / f"{a.rows}x{a.dim}"
     paths, queries = make_data(work, a.rows, a.dim, a.queries)
     if a.phase:
-        exact, _ = ground_truth(work, paths, queries) if a.phase in ("exact", "ours-search") else (None, 0)
-        {"exact": lambda: phase_exact(work, paths, queries),
+        exact, _ = ground_truth(work, paths, queries) if a.phase in ("exact", "numpy", "ours-search") else (None, 0)
+        {"exact": lambda: phase_exact(work, paths, queries), "numpy": lambda: phase_numpy(work, paths, queries, exact),
          "ours-build": lambda: phase_ours_build(work, paths, a.memory_budget),
          "ours-search": lambda: phase_ours_search(work, queries, exact)}[a.phase]()
         return
@@ -278,6 +311,8 @@ def main() -> None:
     methods = a.methods.split(",")
     if "exact" in methods:
         results["methods"]["exact"] = _run(me + ["--phase", "exact"])
+    if "numpy" in methods:
+        results["methods"]["numpy"] = _run(me + ["--phase", "numpy"])
     if "ours" in methods:
         built = _run(me + ["--phase", "ours-build"])
         searched = _run(me + ["--phase", "ours-search"])

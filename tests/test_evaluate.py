@@ -114,6 +114,7 @@ def test_blend_predictions(rng):
         blend_predictions([a, b], weights=[1])
 
 
+@pytest.mark.slow
 def test_eval_cli_pairs_and_text_routes(cli_store_path, capsys, tmp_path):
     import json
 

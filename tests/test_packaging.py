@@ -66,6 +66,7 @@ def test_the_front_door_and_python_m(tmp_path):
     assert p.returncode == 0 and p.stdout.startswith(f"nearest-prompt {nearest_prompt.__version__} "), p.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_extra_is_named_in_one_line_and_the_core_still_works(tmp_path, cli_store_path):
     """fastapi and matplotlib made unimportable: serve and eval name their extra; query works."""
     blockers = tmp_path / "blockers"

@@ -305,6 +305,7 @@ def test_metrics_show_requests_passes_and_queues(server):
     assert m[("nearest_prompt_requests_in_flight", (("endpoint", "/metrics"),))] == 1  # this very request
 
 
+@pytest.mark.slow
 def test_load_16_clients_50_requests_each(server, cli_store_path, clip_encoder):
     """Bounded: 800 requests on loopback; zero errors, answers equal the offline ones, memory steady."""
     from nearest_prompt.retriever import Retriever
@@ -336,6 +337,7 @@ def test_load_16_clients_50_requests_each(server, cli_store_path, clip_encoder):
     assert server.metric("nearest_prompt_forward_pass_max", model="clip") <= 8  # --max-batch 8
 
 
+@pytest.mark.slow
 def test_requests_share_forward_passes(cli_store_path, tmp_path):
     """Four text queries against --max-batch 4 and a long --max-wait-ms: the pass runs as soon as the fourth
     arrives, as one forward pass of four (the metrics say so)."""
@@ -582,6 +584,7 @@ def test_serve_refuses_bad_options_in_one_line(capsys, tmp_path, cli_store_path)
     assert_one_line_error(code, err, "--index: no index store given")
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_one_line_before_anything_is_announced(cli_store_path, tmp_path):
     import socket
     import subprocess
@@ -623,6 +626,7 @@ def test_workers_share_the_answers_and_the_token_never_shows(cli_store_path, tmp
         assert s.stop() in GRACEFUL
 
 
+@pytest.mark.slow
 def test_open_clip_back_lets_clip_retrievals_client_in_and_nothing_else(cli_store_path, tmp_path):
     cc = _clip_client()
     s = Server(cli_store_path, "--open-clip-back", log=tmp_path / "server.log", env={"NEAREST_PROMPT_TOKEN": TOKEN})

@@ -250,6 +250,7 @@ def test_add_embeds_new_prompts_in_every_space(tmp_path, store_path, corpus, min
     np.testing.assert_allclose(stored(r, "b", [rows - 2])[0], text[0], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_cli_build_query_eval_with_spaces(tmp_path, corpus, models, capsys):
     out = tmp_path / "store"
     code, stdout, err = run(capsys, "build", "--prompts", corpus / "prompts.csv", "--out", out, "--space",
@@ -316,6 +317,7 @@ def test_build_refuses_bad_image_columns(tmp_path, corpus, models, capsys):
 
 
 @pytest.mark.service
+@pytest.mark.slow
 def test_the_service_searches_spaces_cascades_and_fusions(store_path, r, tmp_path):
     import base64
 

@@ -1,0 +1,9 @@
+"""Search knobs that the build tunes and every search of a store applies alike."""
+
+from __future__ import annotations
+
+
+def quantizer_ef(nprobe: int) -> int:
+    """efSearch of an HNSW coarse quantizer that is to return ``nprobe`` lists: twice that, at least 16 (a graph
+    search with a shorter candidate list than that misses near centroids)."""
+    return max(16, 2 * int(nprobe))
