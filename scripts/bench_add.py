@@ -30,9 +30,10 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from bench_common import FakeClipText, FakeMiniLM, memory_status  # noqa: E402
+from bench_common import memory_status  # noqa: E402
 
 from devkit.paths import shared_data_dir  # noqa: E402
+from devkit.standin import StandInClip, StandInMiniLM  # noqa: E402
 
 FILTERS = ("source=sd_discord_bartman", "source=songjein_28th_real", "source in (songjein_chatgpt_generated,krea_1k)",
            "source in (i2p_lexica,promptcharm)")
@@ -81,7 +82,8 @@ def filtered_recall(path: Path, clip, minilm, *, queries: int = 500, seed: int =
             best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
         nb, secs = timed(r.search, q, k=10, where=expr)
         want = min(10, len(rows))
-        recall = np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / want for a, b in zip(nb.ids, best_i)])
+        recall = np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / want for a, b in zip(nb.ids, best_i)]) if want \
+            else float((nb.ids < 0).all())  # nothing matches: the answer must be empty
         out.append({"where": expr, "rows": int(len(rows)), "fraction": len(rows) / r.rows,
                     "path": "exact over the matching rows" if len(rows) <= FILTER_EXACT_MAX else "faiss IDSelector",
                     "recall_at_10": float(recall), "qps": queries / secs,
@@ -102,7 +104,7 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     paths = corpus(args.rows, args.add, args.work)
-    clip, minilm = FakeClipText(dim=args.dim), FakeMiniLM()
+    clip, minilm = StandInClip(args.dim), StandInMiniLM()
     config = indexer.BuildConfig(shard_size=100_000, batch_size=8192)
     base, t_base = timed(indexer.build, [paths["base"]], args.work / "store", config=config, clip=clip,
                          minilm=minilm, progress=False)
