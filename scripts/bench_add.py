@@ -5,8 +5,8 @@
 The corpus is the last ``rows + add`` prompts of the shared corpus (so its ``source`` column holds every
 source): a store is built from the first ``rows``, then the last ``add`` are added to it (``indexer.add``),
 and a store of all of them is built from scratch (the rebuild an addition saves). Stand-in encoders
-(random vectors, ``bench_common``) stand for MiniLM and a CLIP text tower of ``--dim`` dimensions, so the
-figures are the index machinery's (reading, dedup, FAISS, files), not a model's.
+(``devkit.standin``: clustered vectors seeded by each text) stand for MiniLM and a CLIP text tower of ``--dim``
+dimensions, so the figures are the index machinery's (reading, dedup, FAISS, files), not a model's.
 
 Then, on the grown store, each filter over ``source`` is searched as the service searches it
 (``Retriever.search(..., where=...)``) and exactly (numpy over the stored vectors of the matching rows), for
