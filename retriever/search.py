@@ -127,7 +127,7 @@ def _selector_search(index: Any, q: np.ndarray, k: int, allowed: np.ndarray,
     if ivf is not None:
         fraction = n_allowed / len(allowed)
         floor = max(ivf.nprobe, FILTER_MIN_NPROBE)  # an index tuned to very few lists needs more under a filter
-        nprobe = min(ivf.nlist, max(ivf.nprobe, int(np.ceil(floor / np.sqrt(fraction)))))
+        nprobe = min(ivf.nlist, int(np.ceil(floor / np.sqrt(fraction))))  # fraction <= 1: never below floor
         hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
         def params(nprobe: int) -> Any:

@@ -57,6 +57,7 @@ def timed(fn, *args, **kw):
 
 
 def filtered_recall(path: Path, clip, minilm, *, queries: int = 500, seed: int = 0) -> list[dict]:
+    from nearest_prompt.common.topk import merge_topk
     from nearest_prompt.retriever import Retriever
     from nearest_prompt.retriever.search import FILTER_EXACT_MAX
 
@@ -76,10 +77,7 @@ def filtered_recall(path: Path, clip, minilm, *, queries: int = 500, seed: int =
         for start in range(0, len(rows), 65_536):  # exact: every matching row scored
             part = rows[start:start + 65_536]
             s = q @ np.asarray(vectors[part], dtype=np.float32).T
-            s_all = np.concatenate([best_s, s], axis=1)
-            i_all = np.concatenate([best_i, np.broadcast_to(part, s.shape)], axis=1)
-            top = np.argsort(-s_all, axis=1)[:, :10]
-            best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
+            best_s, best_i = merge_topk(best_s, best_i, s, np.broadcast_to(part, s.shape), 10)
         nb, secs = timed(r.search, q, k=10, where=expr)
         want = min(10, len(rows))
         recall = np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / want for a, b in zip(nb.ids, best_i)]) if want \
