@@ -1,17 +1,59 @@
 """A compressed index whose candidates are re-scored exactly: the first pass of a product-quantised IVF index
 (codes in memory, cheap) returns ``k_factor * k`` candidates per query, which are scored again against the
-vectors kept on disk in float16 (memory-mapped: a search pages in only the rows of its candidates) and cut
-to the best ``k``. What faiss's ``IndexRefine`` does, over a file of the store's own instead of a second
-faiss index held in memory.
+vectors kept on disk in float16 and cut to the best ``k``. What faiss's ``IndexRefine`` does, over a file of
+the store's own instead of a second faiss index held in memory.
+
+The candidate rows are read with ``pread`` from the file under the store's memory map (``Rows``), not through
+the map: through a map the kernel also maps the cached pages around each row into the process (fault-around),
+so after a thousand queries at 10M rows most of a 15 GB file counts as the process's resident memory. Read
+with ``pread``, the rows pass through a buffer and the file's pages stay in the page cache only.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import weakref
 from typing import Any
 
 import numpy as np
 
 REFINE_CHUNK = 64  # queries whose candidate rows are gathered at once (64 x 100 x 1024 floats: 26 MB)
+
+
+class Rows:
+    """Rows of a matrix [rows, d] by id. Over a read-only memory map of a whole .npy file (``np.load(path,
+    mmap_mode="r")``) each row is read with ``pread`` from that file, opened once here (so the rows stay those of
+    the file the map was opened on); over any other array, by indexing it."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors, self.shape, self.dtype = vectors, vectors.shape, vectors.dtype
+        self._fd = None
+        if _whole_file_map(vectors) and hasattr(os, "pread"):
+            fd = os.open(vectors.filename, os.O_RDONLY)
+            if os.fstat(fd).st_size < vectors.offset + vectors.nbytes:  # the file is not the mapped one any more
+                os.close(fd)
+                return
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead around a row on a cold cache
+            self._fd, self._row_bytes = fd, vectors.strides[0]
+            weakref.finalize(self, os.close, fd)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The rows ``ids`` (int, each in range) in that order, of the matrix's dtype."""
+        unique, inverse = np.unique(ids, return_inverse=True)  # file order, each row read once
+        if self._fd is None:
+            return np.asarray(self.vectors[unique])[inverse.ravel()]
+        fd, size, start = self._fd, self._row_bytes, self.vectors.offset
+        data = b"".join([os.pread(fd, size, start + row * size) for row in unique.tolist()])
+        return np.frombuffer(data, dtype=self.dtype).reshape(len(unique), *self.shape[1:])[inverse.ravel()]
+
+
+def _whole_file_map(vectors: np.ndarray) -> bool:
+    """True for the array ``np.load(path, mmap_mode="r")`` returns: a read-only C-ordered map of the file's rows
+    (not a view into one, whose offset and strides are not the file's)."""
+    return (isinstance(vectors, np.memmap) and isinstance(vectors.base, mmap.mmap) and vectors.filename is not None
+            and not vectors.flags.writeable and vectors.flags.c_contiguous and vectors.ndim == 2)
 
 
 class RefinedIndex:
@@ -22,18 +64,20 @@ class RefinedIndex:
         if vectors.shape != (base.ntotal, base.d):
             raise ValueError(f"refine vectors of shape {vectors.shape} for an index of {base.ntotal} x {base.d}")
         self.base, self.vectors, self.k_factor = base, vectors, int(k_factor)
+        self.rows = Rows(vectors)
         self.ntotal, self.d = int(base.ntotal), int(base.d)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         kk = min(self.ntotal, max(k, self.k_factor * k))
         _, cand = self.base.search(q, kk)
-        return rerank(self.vectors, q, cand, k)
+        return rerank(self.rows, q, cand, k)
 
 
-def rerank(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank(vectors: np.ndarray | Rows, queries: np.ndarray, cand: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of each query's candidate rows ``cand`` [n, kk] (-1: none), scored exactly against
-    ``vectors`` (float16 [rows, d], memory-mapped); scores and ids as a FAISS search gives them."""
+    ``vectors`` (float16 [rows, d]); scores and ids as a FAISS search gives them."""
     if cand.shape[1] < k:  # fewer candidates than asked for: the rest is padding
         cand = np.pad(cand, ((0, 0), (0, k - cand.shape[1])), constant_values=-1)
     exact = exact_scores(vectors, queries, cand)
@@ -43,19 +87,17 @@ def rerank(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -
     return scores, ids
 
 
-def exact_scores(vectors: np.ndarray, queries: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def exact_scores(vectors: np.ndarray | Rows, queries: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Inner products float32 [n, kk] of each query with its candidate rows ``cand`` [n, kk] of ``vectors`` (float16
-    [rows, d], memory-mapped: rows are read in file order, a chunk of queries at a time); -inf where cand is -1."""
+    [rows, d], read a chunk of queries at a time through ``Rows``); -inf where cand is -1."""
+    rows = vectors if isinstance(vectors, Rows) else Rows(vectors)
     q = np.ascontiguousarray(queries, dtype=np.float32)
-    d, kk = vectors.shape[1], cand.shape[1]
+    d, kk = rows.shape[1], cand.shape[1]
     out = np.full((len(q), kk), -np.inf, dtype=np.float32)
     for s in range(0, len(q), REFINE_CHUNK):
         c = cand[s:s + REFINE_CHUNK]
         valid = c >= 0
-        flat = np.where(valid, c, 0).ravel()
-        order = np.argsort(flat, kind="stable")  # read the memory-mapped rows in file order
-        vecs = np.empty((len(flat), d), dtype=np.float32)
-        vecs[order] = vectors[flat[order]]
+        vecs = rows.take(np.where(valid, c, 0).ravel()).astype(np.float32, copy=False)
         exact = np.einsum("qd,qkd->qk", q[s:s + REFINE_CHUNK], vecs.reshape(len(c), kk, d))
         out[s:s + len(c)] = np.where(valid, exact, -np.inf)
     return out

@@ -155,5 +155,5 @@ def _selector_search(index: Any, q: np.ndarray, k: int, allowed: np.ndarray,
         s[todo], i[todo] = s2, i2
         todo = todo[(i2[:, :want] < 0).any(axis=1)]
     if isinstance(index, RefinedIndex):
-        return rerank(index.vectors, q, i, k)
+        return rerank(index.rows, q, i, k)
     return s[:, :k], i[:, :k]

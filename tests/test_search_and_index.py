@@ -161,12 +161,15 @@ def test_ondisk_ivf_answers_as_faiss_add(kind, quantizer, tmp_path, rng, monkeyp
     assert ours.ntotal == 0 and opened.ntotal == 3000 and (tmp_path / "ours.ivfdata").stat().st_size > 0
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(opened).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists)
+    stored = read_index(tmp_path / "ours.faiss", ondisk=True)  # as a store opens it: without prefetch threads
+    assert faiss.downcast_InvertedLists(faiss.extract_index_ivf(stored).invlists).prefetch_nthread == 0
     q = unit(rng.normal(size=(40, 32)))
     for nprobe in (1, 4, plan.params["nlist"]):
-        opened.nprobe = theirs.nprobe = nprobe
-        got, want = opened.search(q, 10), theirs.search(q, 10)
-        np.testing.assert_array_equal(got[1], want[1])
-        np.testing.assert_array_equal(got[0], want[0])
+        opened.nprobe = theirs.nprobe = faiss.extract_index_ivf(stored).nprobe = nprobe
+        want = theirs.search(q, 10)
+        for got in (opened.search(q, 10), stored.search(q, 10)):
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
 
 
 def test_ondisk_ivf_with_mostly_empty_lists_and_a_moved_folder(tmp_path, rng):
@@ -247,3 +250,40 @@ def test_the_refine_stage_rescores_exactly(tmp_path, rng):
     assert recall_at_k(everything.search(q, 10)[1], exact) == 1.0
     assert IndexPlan("ivfpq", info["params"]).disk_bytes(3000, 32) == 3000 * 32 * 2
     assert info["ram_bytes"] < 3000 * 32 * 4 and info["disk_bytes"] > 3000 * 32 * 2
+
+
+def _mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_the_refine_stage_reads_rows_without_making_the_file_resident(tmp_path, rng):
+    """The refine stage over a store's memory-mapped float16 file answers exactly as over the same rows in memory,
+    and reads them past the map: none of the file's pages become resident in this process."""
+    from nearest_prompt.index_store.refine import Rows
+
+    x = unit(rng.normal(size=(3000, 32)))
+    plan = plan_index(3000, 32, index_type="ivfpq")
+    index, _ = _build(tmp_path, x, plan, seed=0)
+    stored = (tmp_path / "vectors.npy").resolve()
+    q = unit(rng.normal(size=(200, 32)))
+    in_memory = RefinedIndex(index.base, np.load(stored), k_factor=index.k_factor)
+    want = in_memory.search(q, 10)
+    mapped = RefinedIndex(index.base, np.load(stored, mmap_mode="r"), k_factor=index.k_factor)
+    assert mapped.rows._fd is not None and in_memory.rows._fd is None
+    got = mapped.search(q, 10)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert _mapped_rss_kib(stored) == 0
+    ids = rng.integers(0, 3000, 500)  # any order, repeats: the rows asked for, in that order
+    np.testing.assert_array_equal(mapped.rows.take(ids), np.load(stored)[ids])
+    view = np.load(stored, mmap_mode="r")[100:]  # a view into a map is indexed, not read from the file's start
+    assert Rows(view)._fd is None
+    np.testing.assert_array_equal(Rows(view).take(ids[ids < 2900]), np.load(stored)[100:][ids[ids < 2900]])
