@@ -30,7 +30,7 @@ import numpy as np
 from nearest_prompt.common.quiet import c_stdout_silenced
 from nearest_prompt.common.topk import exact_knn, recall_at_k
 from nearest_prompt.index_store.knobs import quantizer_ef
-from nearest_prompt.index_store.refine import rerank
+from nearest_prompt.index_store.refine import Rows, rerank
 
 from .ivf_blocks import BoundedIVF, MapBlocks, append_ondisk, imbalance, ivfdata_path, open_ivf, write_ondisk
 from .shards import ShardedMatrix, float_blocks
@@ -55,6 +55,10 @@ NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REFINE_MIN_NPROBE = 8
 K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 EF_SEARCHES = (64, 128, 256, 512, 1024)
+# An HNSW quantizer's efSearch tried at each nprobe, as multiples of knobs.quantizer_ef(nprobe): where the graph
+# walk, not the lists probed, is what misses (centroids with little structure among them), a wider walk to few
+# lists costs less than probing more lists at the narrow walk, which misses as much.
+QUANTIZER_EF_STEPS = (1, 2)
 BUILD_EF_SEARCH = 128  # the HNSW quantizer's efSearch while rows are assigned to lists
 PQ_DIVISORS = (8, 16, 32)  # ivfpq's bytes a code: d/8 when it fits the budget, else d/16, d/32
 
@@ -342,44 +346,48 @@ def _write_knobs(path: str | Path, params: dict[str, Any], *, final_path: str | 
 
 def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vectors: ShardedMatrix | np.ndarray,
               rng: np.random.Generator, refine: np.ndarray | None) -> float:
-    """The smallest nprobe (and with a refine stage, the smallest k_factor at it) whose recall@10 reaches the
-    target; else the best seen. One search of the lists per nprobe: the refine stage reranks prefixes of
-    its candidates (the first ``k_factor * k`` of more are exactly what a search for that many returns)."""
+    """The smallest nprobe (with an HNSW quantizer, the smallest of its efSearch steps at it; with a refine stage,
+    the smallest k_factor there) whose recall@10 reaches the target; else the best seen. One search of the lists
+    per nprobe and efSearch: the refine stage reranks prefixes of its candidates (the first ``k_factor * k`` of
+    more are exactly what a search for that many returns)."""
     import faiss
 
     queries, exact = _recall_queries(vectors, rng)
     k = exact.shape[1]
     hnsw = params.get("quantizer") == "hnsw"
-    best: tuple[float, int, int | None] = (-1.0, 0, None)
+    best: tuple[float, int, int | None, int] = (-1.0, 0, None, 0)
+    refine_rows = None if refine is None else Rows(refine)
     # With a refine stage every candidate is a row read from disk: from 8 lists up, the first pass is good enough
     # that k_factor stays small; without one, from a single list up.
     start = REFINE_MIN_NPROBE if refine is not None else 1
     for nprobe in sorted({min(v, params["nlist"]) for v in NPROBES if v >= start}):
-        ef = quantizer_ef(nprobe)
+        for ef in [quantizer_ef(nprobe) * m for m in QUANTIZER_EF_STEPS] if hnsw else [0]:
+            def configure(index: Any, ef: int = ef) -> None:
+                if hnsw:
+                    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = ef
 
-        def configure(index: Any, ef: int = ef) -> None:
-            if hnsw:
-                faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = ef
-
-        if refine is None:
-            _, got = searcher.search(queries, k, nprobe=nprobe, configure=configure)
-            tried = [(None, recall_at_k(got, exact))]
-        else:
-            _, cand = searcher.search(queries, min(len(vectors), K_FACTORS[-1] * k), nprobe=nprobe, configure=configure)
-            tried = []
-            for kf in K_FACTORS:
-                _, got = rerank(refine, queries, cand[:, :kf * k], k)
-                tried.append((kf, recall_at_k(got, exact)))
-                if tried[-1][1] >= TARGET_RECALL:
-                    break
-        kf, recall = tried[-1]
-        if recall > best[0]:
-            best = (recall, nprobe, kf)
-        if recall >= TARGET_RECALL:
+            if refine_rows is None:
+                _, got = searcher.search(queries, k, nprobe=nprobe, configure=configure)
+                tried = [(None, recall_at_k(got, exact))]
+            else:
+                _, cand = searcher.search(queries, min(len(vectors), K_FACTORS[-1] * k), nprobe=nprobe,
+                                          configure=configure)
+                tried = []
+                for kf in K_FACTORS:
+                    _, got = rerank(refine_rows, queries, cand[:, :kf * k], k)
+                    tried.append((kf, recall_at_k(got, exact)))
+                    if tried[-1][1] >= TARGET_RECALL:
+                        break
+            kf, recall = tried[-1]
+            if recall > best[0]:
+                best = (recall, nprobe, kf, ef)
+            if recall >= TARGET_RECALL:
+                break
+        if best[0] >= TARGET_RECALL:
             break
-    recall, params["nprobe"], kf = best
+    recall, params["nprobe"], kf, ef = best
     if hnsw:
-        params["quantizer_ef"] = quantizer_ef(params["nprobe"])
+        params["quantizer_ef"] = ef
     if kf is not None:
         params["k_factor"] = kf
     return recall

@@ -128,12 +128,13 @@ def _selector_search(index: Any, q: np.ndarray, k: int, allowed: np.ndarray,
         fraction = n_allowed / len(allowed)
         floor = max(ivf.nprobe, FILTER_MIN_NPROBE)  # an index tuned to very few lists needs more under a filter
         nprobe = min(ivf.nlist, int(np.ceil(floor / np.sqrt(fraction))))  # fraction <= 1: never below floor
-        hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        tuned_ef = quantizer.hnsw.efSearch if isinstance(quantizer, faiss.IndexHNSW) else None
 
         def params(nprobe: int) -> Any:
             p = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-            if hnsw_quantizer:
-                p.quantizer_params = faiss.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
+            if tuned_ef is not None:  # never a narrower graph walk than the build tuned
+                p.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(tuned_ef, quantizer_ef(nprobe)))
             return p
         knobs, widest = [nprobe], ivf.nlist
     elif isinstance(faiss.downcast_index(base), faiss.IndexHNSW):

@@ -287,3 +287,44 @@ def test_the_refine_stage_reads_rows_without_making_the_file_resident(tmp_path, 
     view = np.load(stored, mmap_mode="r")[100:]  # a view into a map is indexed, not read from the file's start
     assert Rows(view)._fd is None
     np.testing.assert_array_equal(Rows(view).take(ids[ids < 2900]), np.load(stored)[100:][ids[ids < 2900]])
+
+
+def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(tmp_path, rng, monkeypatch):
+    """With an HNSW coarse quantizer the build tunes nprobe and the graph walk's efSearch together: the setting it
+    records is the first, in the order it tries them (nprobe up; at each, efSearch up through its steps), whose
+    recall@10 on the tuning queries reaches the target; every earlier one falls short. A store opens with both."""
+    import faiss
+
+    from nearest_prompt.indexer import faiss_index as fi
+    from nearest_prompt.indexer.ivf_blocks import BoundedIVF
+
+    seen = {}
+
+    def recall_queries(vectors, rng_):
+        seen["queries"], seen["exact"] = real(vectors, rng_)
+        return seen["queries"], seen["exact"]
+
+    real = fi._recall_queries
+    monkeypatch.setattr(fi, "_recall_queries", recall_queries)
+    monkeypatch.setattr(fi, "quantizer_ef", lambda nprobe: nprobe)  # the narrowest walk: the graph misses lists
+    centers = unit(rng.normal(size=(400, 96)))  # many near-orthogonal clusters: a hard graph to walk
+    x = unit(centers[rng.integers(0, 400, 12_000)] + 0.5 * rng.normal(size=(12_000, 96)) / np.sqrt(96))
+    base = plan_index(12_000, 96, index_type="ivfsq8")
+    plan = fi.IndexPlan("ivfsq8", {**base.params, "quantizer": "hnsw"})
+    index, info = _build(tmp_path, x, plan, seed=0)
+    p = info["params"]
+    order = [(n, n * m) for n in sorted({min(v, p["nlist"]) for v in fi.NPROBES}) for m in fi.QUANTIZER_EF_STEPS]
+    chosen = order.index((p["nprobe"], p["quantizer_ef"]))
+    assert p["quantizer_ef"] > p["nprobe"]  # these data need the wider walk (else this test shows nothing)
+    searcher = BoundedIVF(tmp_path / "ivfsq8.faiss")
+
+    def recall(nprobe, ef):
+        def configure(ix):
+            faiss.downcast_index(faiss.extract_index_ivf(ix).quantizer).hnsw.efSearch = ef
+        return recall_at_k(searcher.search(seen["queries"], 10, nprobe=nprobe, configure=configure)[1], seen["exact"])
+
+    assert recall(p["nprobe"], p["quantizer_ef"]) == pytest.approx(info["recall_at_10"], abs=1e-4)
+    assert info["recall_at_10"] >= fi.TARGET_RECALL
+    assert all(recall(*setting) < fi.TARGET_RECALL for setting in order[:chosen])
+    opened = faiss.extract_index_ivf(index)
+    assert (opened.nprobe, faiss.downcast_index(opened.quantizer).hnsw.efSearch) == (p["nprobe"], p["quantizer_ef"])
