@@ -3,10 +3,10 @@
 vectors kept on disk in float16 and cut to the best ``k``. What faiss's ``IndexRefine`` does, over a file of
 the store's own instead of a second faiss index held in memory.
 
-The candidate rows are read with ``pread`` from the file under the store's memory map (``Rows``), not through
+The candidate rows are read with ``preadv`` from the file under the store's memory map (``Rows``), not through
 the map: through a map the kernel also maps the cached pages around each row into the process (fault-around),
 so after a thousand queries at 10M rows most of a 15 GB file counts as the process's resident memory. Read
-with ``pread``, the rows pass through a buffer and the file's pages stay in the page cache only.
+that way, the rows pass through a buffer and the file's pages stay in the page cache only.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ REFINE_CHUNK = 64  # queries whose candidate rows are gathered at once (64 x 100
 
 class Rows:
     """Rows of a matrix [rows, d] by id. Over a read-only memory map of a whole .npy file (``np.load(path,
-    mmap_mode="r")``) each row is read with ``pread`` from that file, opened once here (so the rows stay those of
+    mmap_mode="r")``) each row is read with ``preadv`` from that file, opened once here (so the rows stay those of
     the file the map was opened on); over any other array, by indexing it."""
 
     def __init__(self, vectors: np.ndarray):
         self.vectors, self.shape, self.dtype = vectors, vectors.shape, vectors.dtype
         self._fd = None
-        if _whole_file_map(vectors) and hasattr(os, "pread"):
+        if _whole_file_map(vectors) and hasattr(os, "preadv"):
             fd = os.open(vectors.filename, os.O_RDONLY)
             if os.fstat(fd).st_size < vectors.offset + vectors.nbytes:  # the file is not the mapped one any more
                 os.close(fd)
@@ -45,8 +45,14 @@ class Rows:
         if self._fd is None:
             return np.asarray(self.vectors[unique])[inverse.ravel()]
         fd, size, start = self._fd, self._row_bytes, self.vectors.offset
-        data = b"".join([os.pread(fd, size, start + row * size) for row in unique.tolist()])
-        return np.frombuffer(data, dtype=self.dtype).reshape(len(unique), *self.shape[1:])[inverse.ravel()]
+        out = np.empty((len(unique), *self.shape[1:]), dtype=self.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        read = 0
+        for i, row in enumerate(unique.tolist()):  # straight into the buffer: no bytes object a row
+            read += os.preadv(fd, [view[i * size:(i + 1) * size]], start + row * size)
+        if read != len(unique) * size:
+            raise OSError(f"{self.vectors.filename} is shorter than its header says: rows past its end were asked for")
+        return out[inverse.ravel()]
 
 
 def _whole_file_map(vectors: np.ndarray) -> bool:
