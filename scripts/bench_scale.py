@@ -23,8 +23,8 @@ and the peak of RssAnon sampled every 0.2 s (heap, arrays, faiss structures: wha
 method the JSON holds recall_at_10, build_s, build_rss_gib, build_anon_gib, search_rss_gib, search_anon_gib,
 single_qps (one query per call), batch_qps (one call of --queries), ram_bytes_per_vector and
 disk_bytes_per_vector. Ours reads its index from disk, so its search starts with its files evicted from the page
-cache: single_cold_qps is the first 100 single queries from there, then the batch, then single_qps (the same
-100 queries again, the pages they read now cached, as in a server that has been answering a while).
+cache: single_cold_qps and batch_cold_qps from there, then single_qps and batch_qps, the same queries again with
+the pages they read in the cache (as in a server that has been answering a while).
 """
 
 from __future__ import annotations
@@ -222,14 +222,21 @@ def _singles(search, queries: np.ndarray) -> float:
     return SINGLE / (time.perf_counter() - t)
 
 
-def _time_search(search, queries: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-    """Single q/s from a cold page cache (the caller evicted the files), batch q/s, then single q/s again with the
-    pages the batch read in the cache."""
-    cold = _singles(search, queries)
+def _batch(search, queries: np.ndarray) -> tuple[float, np.ndarray]:
     t = time.perf_counter()
     _, ids = search(queries, K)
-    batch = len(queries) / (time.perf_counter() - t)
-    return cold, batch, _singles(search, queries), ids
+    return len(queries) / (time.perf_counter() - t), ids
+
+
+def _time_search(search, queries: np.ndarray) -> dict:
+    """From a cold page cache (the caller evicted the files): single queries, the batch; then both again with the
+    pages they read in the cache."""
+    single_cold = _singles(search, queries)
+    batch_cold, _ = _batch(search, queries)
+    single = _singles(search, queries)
+    batch, ids = _batch(search, queries)
+    return {"single_cold_qps": single_cold, "batch_cold_qps": batch_cold, "single_qps": single, "batch_qps": batch,
+            "ids": ids}
 
 
 def phase_ours_search(work: Path, queries: np.ndarray, exact: np.ndarray) -> None:
@@ -244,11 +251,12 @@ def phase_ours_search(work: Path, queries: np.ndarray, exact: np.ndarray) -> Non
     index = read_index(out / "index.faiss", ondisk=info["type"].startswith("ivf"))
     if info["params"].get("refine"):
         index = RefinedIndex(index, np.load(out / "vectors.npy", mmap_mode="r"), k_factor=info["params"]["k_factor"])
-    cold, batch, single, ids = _time_search(index.search, queries)
+    timed = _time_search(index.search, queries)
+    ids = timed.pop("ids")
     n = info["ntotal"]
     disk = sum(p.stat().st_size for p in files)
     _emit(recall_at_10=recall_at_k(ids, exact), search_rss_gib=_vmhwm() / 2**30, search_anon_gib=_peak_anon() / 2**30,
-          single_qps=single, single_cold_qps=cold, batch_qps=batch,
+          **timed,
           ram_bytes_per_vector=info["ram_bytes"] / n, disk_bytes_per_vector=disk / n,
           method=f"ours: {info['type']} {info['params']}")
 
@@ -363,11 +371,11 @@ def main() -> None:
           "RAM B/vector | disk B/vector | single q/s | batch q/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results["methods"].values():
-        cold = f" ({_qps(r['single_cold_qps'])} cold)" if "single_cold_qps" in r else ""
+        cold = {k: f" ({_qps(r[k + '_cold_qps'])} cold)" if k + "_cold_qps" in r else "" for k in ("single", "batch")}
         print(f"| {r['method']} | {r['recall_at_10']:.3f} | {r['build_s']:.0f} | {r['build_rss_gib']:.2f} / "
               f"{r.get('build_anon_gib', 0):.2f} | {r['search_rss_gib']:.2f} / {r.get('search_anon_gib', 0):.2f} | "
-              f"{r['ram_bytes_per_vector']:.0f} | {r['disk_bytes_per_vector']:.0f} | {_qps(r['single_qps'])}{cold} | "
-              f"{_qps(r['batch_qps'])} |")
+              f"{r['ram_bytes_per_vector']:.0f} | {r['disk_bytes_per_vector']:.0f} | {_qps(r['single_qps'])}{cold['single']} | "
+              f"{_qps(r['batch_qps'])}{cold['batch']} |")
 
 
 def _qps(value: float) -> str:
