@@ -44,7 +44,8 @@ RECALL_BLOCK = 16_384  # stored rows scored at a time for the exact recall@10 or
 IVF_TYPES = ("ivf", "ivfsq8", "ivfpq")
 TRAIN_PER_LIST = 40  # k-means training rows per IVF list (faiss warns below 39)
 MAX_TRAIN_BYTES = 1 << 30  # float32 k-means sample at most: caps nlist (6,553 lists at d=1024, 8,738 at d=768)
-HNSW_MIN_NLIST = 4_096  # from this many lists the coarse quantizer is an HNSW graph
+HNSW_MIN_NLIST = 1_024  # from this many lists the coarse quantizer is an HNSW graph (a flat scan of 1,024 centroids
+# of 768 floats takes longer than a walk of efSearch 16 over them)
 HNSW_M = 32
 ENCODER_TRAIN_ROWS = 65_536  # rows that train the SQ / PQ encoder
 RECALL_QUERIES = 500

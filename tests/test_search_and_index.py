@@ -101,9 +101,10 @@ def test_auto_plan_by_size_and_budget():
     assert over.type == "ivfpq" and "over the budget" in over.note  # said once, when it is built
     assert plan_index(10, 8, index_type="hnsw").type == "hnsw"
     # nlist = 4 sqrt(N) until the k-means sample (40 float32 rows per list) would pass 1 GiB; an HNSW coarse
-    # quantizer from 4,096 lists
+    # quantizer from 1,024 lists
     assert plan_index(500_000, 1024).params["nlist"] == int(4 * 500_000 ** 0.5)
-    assert plan_index(500_000, 1024).params["quantizer"] == "flat"
+    assert plan_index(500_000, 1024).params["quantizer"] == "hnsw"
+    assert plan_index(50_000, 64, index_type="ivf").params["quantizer"] == "flat"  # 894 lists
     assert plan_index(10_000_000, 1024).params["nlist"] == 2**30 // (40 * 4 * 1024)
     assert plan_index(10_000_000, 1024).params["quantizer"] == "hnsw"
     assert plan_index(120, 16, index_type="ivfpq").params["nbits"] == 6  # 2^nbits <= training points
