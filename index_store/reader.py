@@ -333,8 +333,7 @@ def read_index(fpath: Path, *, ondisk: bool = False) -> Any:
 
     On-disk lists are searched without faiss's prefetch threads (by default one per probed list, up to 32,
     started and joined in every search call): the lists are sized to the memory budget and stay in the page
-    cache, where those threads only cost time (with them, single queries at nprobe 8 over 1M x 768 IVF-Flat
-    lists ran at two thirds of the speed, and a batch at three quarters)."""
+    cache, where those threads only cost time."""
     import faiss
 
     if ondisk:
