@@ -349,8 +349,9 @@ def main() -> None:
         results["methods"]["numpy"] = _run(me + ["--phase", "numpy"])
     if "ours" in methods:
         recorded = work / "ours" / "build.json"
-        built = json.loads(recorded.read_text()) if a.reuse_build and recorded.is_file() else \
-            _run(me + ["--phase", "ours-build"])
+        if a.reuse_build and not recorded.is_file():
+            raise SystemExit(f"--reuse-build: {recorded} is missing; run without --reuse-build to build ours first")
+        built = json.loads(recorded.read_text()) if a.reuse_build else _run(me + ["--phase", "ours-build"])
         searched = _run(me + ["--phase", "ours-search"])
         results["methods"]["ours"] = {**{k: v for k, v in built.items() if k != "info"}, **searched}
     if "autofaiss" in methods:
