@@ -314,7 +314,7 @@ def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(t
     plan = fi.IndexPlan("ivfsq8", {**base.params, "quantizer": "hnsw"})
     index, info = _build(tmp_path, x, plan, seed=0)
     p = info["params"]
-    order = [(n, n * m) for n in sorted({min(v, p["nlist"]) for v in fi.NPROBES}) for m in fi.QUANTIZER_EF_STEPS]
+    order = [(n, ef) for n in sorted({min(v, p["nlist"]) for v in fi.NPROBES}) for ef in fi.quantizer_efs(n)]
     chosen = order.index((p["nprobe"], p["quantizer_ef"]))
     assert p["quantizer_ef"] > p["nprobe"]  # these data need the wider walk (else this test shows nothing)
     searcher = BoundedIVF(tmp_path / "ivfsq8.faiss")
@@ -328,4 +328,6 @@ def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(t
     assert info["recall_at_10"] >= fi.TARGET_RECALL
     assert all(recall(*setting) < fi.TARGET_RECALL for setting in order[:chosen])
     opened = faiss.extract_index_ivf(index)
-    assert (opened.nprobe, faiss.downcast_index(opened.quantizer).hnsw.efSearch) == (p["nprobe"], p["quantizer_ef"])
+    graph = faiss.downcast_index(opened.quantizer).hnsw
+    assert (opened.nprobe, graph.efSearch) == (p["nprobe"], p["quantizer_ef"])
+    assert graph.efConstruction == fi.QUANTIZER_EF_CONSTRUCTION  # the graph was built wide
