@@ -297,9 +297,8 @@ def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], queries: np.ndarra
     k = exact.shape[1]
 
     def configure(index: Any) -> None:
-        if params.get("quantizer") == "hnsw":
-            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = params.get(
-                "quantizer_ef", quantizer_ef(params["nprobe"]))
+        if "quantizer_ef" in params:  # else the walk the file itself records, as a store searches it
+            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = params["quantizer_ef"]
 
     if refine is None:
         return recall_at_k(searcher.search(queries, k, nprobe=params["nprobe"], configure=configure)[1], exact)

@@ -331,3 +331,46 @@ def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(t
     graph = faiss.downcast_index(opened.quantizer).hnsw
     assert (opened.nprobe, graph.efSearch) == (p["nprobe"], p["quantizer_ef"])
     assert graph.efConstruction == fi.QUANTIZER_EF_CONSTRUCTION  # the graph was built wide
+
+
+def test_extending_an_index_without_a_recorded_walk_measures_it_at_the_walk_its_file_holds(tmp_path, rng,
+                                                                                            monkeypatch):
+    """A manifest entry without ``quantizer_ef`` (an HNSW quantizer's walk tuned before it was recorded): adding
+    rows measures recall@10 at the efSearch in the index file's header, the walk a store searches with."""
+    import faiss
+
+    from nearest_prompt.indexer import faiss_index as fi
+    from nearest_prompt.indexer.ivf_blocks import BoundedIVF
+
+    seen = {}
+
+    def recall_queries(vectors, rng_):
+        seen["queries"], seen["exact"] = real(vectors, rng_)
+        return seen["queries"], seen["exact"]
+
+    real = fi._recall_queries
+    centers = unit(rng.normal(size=(300, 64)))
+    x = unit(centers[rng.integers(0, 300, 12_000)] + 0.5 * rng.normal(size=(12_000, 64)) / np.sqrt(64))
+    base = plan_index(10_000, 64, index_type="ivfsq8")
+    plan = fi.IndexPlan("ivfsq8", {**base.params, "quantizer": "hnsw"})
+    _, info = _build(tmp_path, x[:10_000], plan, seed=0)
+    old = tmp_path / "ivfsq8.faiss"
+    walk = 3 * fi.quantizer_ef(info["params"]["nprobe"])  # not what knobs.quantizer_ef gives: the file's own
+    fi._write_knobs(old, {**info["params"], "quantizer_ef": walk}, final_path=None)
+    info["params"].pop("quantizer_ef")
+    monkeypatch.setattr(fi, "_recall_queries", recall_queries)
+    new = tmp_path / "new" / "ivfsq8.faiss"
+    new.parent.mkdir()
+    extended = fi.extend_index(old, info, x[10_000:], path=new, all_vectors=x, seed=1)
+    assert "quantizer_ef" not in extended["params"]  # not tuned again: the recall held
+    searcher = BoundedIVF(new)
+
+    def recall(ef):
+        def configure(ix):
+            faiss.downcast_index(faiss.extract_index_ivf(ix).quantizer).hnsw.efSearch = ef
+        return recall_at_k(searcher.search(seen["queries"], 10, nprobe=info["params"]["nprobe"],
+                                           configure=configure)[1], seen["exact"])
+
+    assert extended["recall_at_10"] == pytest.approx(recall(walk), abs=1e-4)
+    narrow = fi.quantizer_ef(info["params"]["nprobe"])
+    assert recall(narrow) != pytest.approx(recall(walk), abs=1e-4)  # else this test shows nothing
