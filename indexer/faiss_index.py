@@ -47,9 +47,9 @@ MAX_TRAIN_BYTES = 1 << 30  # float32 k-means sample at most: caps nlist (6,553 l
 HNSW_MIN_NLIST = 1_024  # from this many lists the coarse quantizer is an HNSW graph (a flat scan of 1,024 centroids
 # of 768 floats takes longer than a walk of efSearch 16 over them)
 HNSW_M = 32
-# The coarse quantizer's graph is built with a wide candidate list (faiss's default is 40): over 5,656 centroids
-# of 1,024 floats, a graph built at 40 needs a walk of efSearch 32 to find a query's 2 nearest lists 90% of the
-# time; built at 200, a walk of efSearch 12 finds them 94% of the time. Built once, over nlist points only.
+# The coarse quantizer's graph is built with a wide candidate list (faiss's default is 40): a better-connected
+# graph finds a query's nearest lists with a narrower walk, which every search pays for, while the build pays
+# once, over nlist points only.
 QUANTIZER_EF_CONSTRUCTION = 200
 ENCODER_TRAIN_ROWS = 65_536  # rows that train the SQ / PQ encoder
 RECALL_QUERIES = 500
@@ -192,7 +192,7 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
     if plan.type in IVF_TYPES:
         train_ivf(index, vectors, rng=rng)
         if params.get("quantizer") == "hnsw":
-            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = BUILD_EF_SEARCH
+            set_walk(index, BUILD_EF_SEARCH)
         write_ondisk(path, index, vectors, map_blocks=map_blocks, final_path=final_path)
         refine = np.load(refine_path, mmap_mode="r") if plan.type == "ivfpq" and params.get("refine") else None
         recall = _tune_ivf(BoundedIVF(path), plan, params, vectors, rng, refine)
@@ -292,13 +292,12 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
 def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], queries: np.ndarray, exact: np.ndarray,
                 refine: np.ndarray | None) -> float:
     """Recall@10 of an IVF index file at the knobs in ``params``."""
-    import faiss
 
     k = exact.shape[1]
 
     def configure(index: Any) -> None:
         if "quantizer_ef" in params:  # else the walk the file itself records, as a store searches it
-            faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = params["quantizer_ef"]
+            set_walk(index, params["quantizer_ef"])
 
     if refine is None:
         return recall_at_k(searcher.search(queries, k, nprobe=params["nprobe"], configure=configure)[1], exact)
@@ -344,12 +343,19 @@ def _write_knobs(path: str | Path, params: dict[str, Any], *, final_path: str | 
     ivf = faiss.extract_index_ivf(index)
     ivf.nprobe = params["nprobe"]
     if params.get("quantizer") == "hnsw":
-        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = params["quantizer_ef"]
+        set_walk(index, params["quantizer_ef"])
     if final_path is not None:
         faiss.downcast_InvertedLists(ivf.invlists).filename = str(ivfdata_path(final_path))
     faiss.write_index(index, str(path))
     del index, ivf
     open_ivf(path)  # it opens as a store will open it
+
+
+def set_walk(index: Any, ef: int) -> None:
+    """The efSearch of the HNSW coarse quantizer of the IVF index ``index`` (or of any index wrapping one)."""
+    import faiss
+
+    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = ef
 
 
 def quantizer_efs(nprobe: int) -> list[int]:
@@ -363,7 +369,6 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
     the smallest k_factor there) whose recall@10 reaches the target; else the best seen. One search of the lists
     per nprobe and efSearch: the refine stage reranks prefixes of its candidates (the first ``k_factor * k`` of
     more are exactly what a search for that many returns)."""
-    import faiss
 
     queries, exact = _recall_queries(vectors, rng)
     k = exact.shape[1]
@@ -377,7 +382,7 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
         for ef in quantizer_efs(nprobe) if hnsw else [0]:
             def configure(index: Any, ef: int = ef) -> None:
                 if hnsw:
-                    faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch = ef
+                    set_walk(index, ef)
 
             if refine_rows is None:
                 _, got = searcher.search(queries, k, nprobe=nprobe, configure=configure)

@@ -290,6 +290,28 @@ def test_the_refine_stage_reads_rows_without_making_the_file_resident(tmp_path, 
     np.testing.assert_array_equal(Rows(view).take(ids[ids < 2900]), np.load(stored)[100:][ids[ids < 2900]])
 
 
+def _seen_recall_queries(monkeypatch) -> dict:
+    """The build's recall queries and their exact top-10 ids, kept in the dict returned as the build makes them."""
+    from nearest_prompt.indexer import faiss_index as fi
+
+    seen, real = {}, fi._recall_queries
+
+    def recall_queries(vectors, rng_):
+        seen["queries"], seen["exact"] = real(vectors, rng_)
+        return seen["queries"], seen["exact"]
+
+    monkeypatch.setattr(fi, "_recall_queries", recall_queries)
+    return seen
+
+
+def _recall_at_walk(searcher, seen, nprobe, ef):
+    """Recall@10 of ``searcher`` (a BoundedIVF) on the build's recall queries at nprobe and the quantizer's efSearch."""
+    from nearest_prompt.indexer.faiss_index import set_walk
+
+    got = searcher.search(seen["queries"], 10, nprobe=nprobe, configure=lambda ix: set_walk(ix, ef))[1]
+    return recall_at_k(got, seen["exact"])
+
+
 def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(tmp_path, rng, monkeypatch):
     """With an HNSW coarse quantizer the build tunes nprobe and the graph walk's efSearch together: the setting it
     records is the first, in the order it tries them (nprobe up; at each, efSearch up through its steps), whose
@@ -299,14 +321,7 @@ def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(t
     from nearest_prompt.indexer import faiss_index as fi
     from nearest_prompt.indexer.ivf_blocks import BoundedIVF
 
-    seen = {}
-
-    def recall_queries(vectors, rng_):
-        seen["queries"], seen["exact"] = real(vectors, rng_)
-        return seen["queries"], seen["exact"]
-
-    real = fi._recall_queries
-    monkeypatch.setattr(fi, "_recall_queries", recall_queries)
+    seen = _seen_recall_queries(monkeypatch)
     monkeypatch.setattr(fi, "quantizer_ef", lambda nprobe: nprobe)  # the narrowest walk: the graph misses lists
     centers = unit(rng.normal(size=(400, 96)))  # many near-orthogonal clusters: a hard graph to walk
     x = unit(centers[rng.integers(0, 400, 12_000)] + 0.5 * rng.normal(size=(12_000, 96)) / np.sqrt(96))
@@ -320,9 +335,7 @@ def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(t
     searcher = BoundedIVF(tmp_path / "ivfsq8.faiss")
 
     def recall(nprobe, ef):
-        def configure(ix):
-            faiss.downcast_index(faiss.extract_index_ivf(ix).quantizer).hnsw.efSearch = ef
-        return recall_at_k(searcher.search(seen["queries"], 10, nprobe=nprobe, configure=configure)[1], seen["exact"])
+        return _recall_at_walk(searcher, seen, nprobe, ef)
 
     assert recall(p["nprobe"], p["quantizer_ef"]) == pytest.approx(info["recall_at_10"], abs=1e-4)
     assert info["recall_at_10"] >= fi.TARGET_RECALL
@@ -337,18 +350,10 @@ def test_extending_an_index_without_a_recorded_walk_measures_it_at_the_walk_its_
                                                                                             monkeypatch):
     """A manifest entry without ``quantizer_ef`` (an HNSW quantizer's walk tuned before it was recorded): adding
     rows measures recall@10 at the efSearch in the index file's header, the walk a store searches with."""
-    import faiss
 
     from nearest_prompt.indexer import faiss_index as fi
     from nearest_prompt.indexer.ivf_blocks import BoundedIVF
 
-    seen = {}
-
-    def recall_queries(vectors, rng_):
-        seen["queries"], seen["exact"] = real(vectors, rng_)
-        return seen["queries"], seen["exact"]
-
-    real = fi._recall_queries
     centers = unit(rng.normal(size=(300, 64)))
     x = unit(centers[rng.integers(0, 300, 12_000)] + 0.5 * rng.normal(size=(12_000, 64)) / np.sqrt(64))
     base = plan_index(10_000, 64, index_type="ivfsq8")
@@ -358,7 +363,7 @@ def test_extending_an_index_without_a_recorded_walk_measures_it_at_the_walk_its_
     walk = 3 * fi.quantizer_ef(info["params"]["nprobe"])  # not what knobs.quantizer_ef gives: the file's own
     fi._write_knobs(old, {**info["params"], "quantizer_ef": walk}, final_path=None)
     info["params"].pop("quantizer_ef")
-    monkeypatch.setattr(fi, "_recall_queries", recall_queries)
+    seen = _seen_recall_queries(monkeypatch)
     new = tmp_path / "new" / "ivfsq8.faiss"
     new.parent.mkdir()
     extended = fi.extend_index(old, info, x[10_000:], path=new, all_vectors=x, seed=1)
@@ -366,10 +371,7 @@ def test_extending_an_index_without_a_recorded_walk_measures_it_at_the_walk_its_
     searcher = BoundedIVF(new)
 
     def recall(ef):
-        def configure(ix):
-            faiss.downcast_index(faiss.extract_index_ivf(ix).quantizer).hnsw.efSearch = ef
-        return recall_at_k(searcher.search(seen["queries"], 10, nprobe=info["params"]["nprobe"],
-                                           configure=configure)[1], seen["exact"])
+        return _recall_at_walk(searcher, seen, info["params"]["nprobe"], ef)
 
     assert extended["recall_at_10"] == pytest.approx(recall(walk), abs=1e-4)
     narrow = fi.quantizer_ef(info["params"]["nprobe"])
