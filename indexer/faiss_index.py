@@ -12,8 +12,8 @@ the coarse quantizer is an HNSW graph over the centroids (faster assignment at b
 
 IVF is trained on a seeded random sample, never on the first rows. At build time the search knobs (``nprobe``,
 with ``k_factor`` for ivfpq, ``efSearch`` for HNSW) are raised until recall@10 against exact search reaches
-0.95 on sampled queries (stored vectors moved by a random offset of norm 0.5); they and the measured recall
-are recorded in the manifest.
+0.95 on sampled queries (stored vectors moved by a random offset of norm 0.5, each scored without the row it
+was made from: ``recall_queries``); they and the measured recall are recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from nearest_prompt.common.quiet import c_stdout_silenced
-from nearest_prompt.common.topk import exact_knn, recall_at_k
 from nearest_prompt.index_store.knobs import quantizer_ef
 from nearest_prompt.index_store.refine import Rows, rerank
 
 from .ivf_blocks import BoundedIVF, MapBlocks, append_ondisk, imbalance, ivfdata_path, open_ivf, write_ondisk
+from .recall_queries import RecallQueries, recall_queries
 from .shards import ShardedMatrix, float_blocks
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 FLAT_MAX_ROWS = 100_000
 PQ_MIN_ROWS = 16
 ADD_CHUNK = 65_536
-RECALL_BLOCK = 16_384  # stored rows scored at a time for the exact recall@10 oracle
 IVF_TYPES = ("ivf", "ivfsq8", "ivfpq")
 TRAIN_PER_LIST = 40  # k-means training rows per IVF list (faiss warns below 39)
 MAX_TRAIN_BYTES = 1 << 30  # float32 k-means sample at most: caps nlist (6,553 lists at d=1024, 8,738 at d=768)
@@ -52,10 +51,8 @@ HNSW_M = 32
 # once, over nlist points only.
 QUANTIZER_EF_CONSTRUCTION = 200
 ENCODER_TRAIN_ROWS = 65_536  # rows that train the SQ / PQ encoder
-RECALL_QUERIES = 500
 TARGET_RECALL = 0.95
 KMEANS_ITERATIONS = 10  # coarse k-means; faiss's default 25 costs 2.5x for little recall
-QUERY_NOISE = 0.5  # norm of the random offset added to sampled stored vectors to make recall queries
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REFINE_MIN_NPROBE = 8
 K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
@@ -204,8 +201,7 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
             def search(q: np.ndarray, k: int, value: int):
                 faiss.downcast_index(index).hnsw.efSearch = value
                 return index.search(q, k)
-            queries, exact = _recall_queries(vectors, rng)
-            recall = _raise_until(search, exact, queries, EF_SEARCHES, params, "efSearch")
+            recall = _raise_until(search, recall_queries(vectors, rng), EF_SEARCHES, params, "efSearch")
         else:
             recall = 1.0
         faiss.write_index(index, str(path))
@@ -256,8 +252,7 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
         append_ondisk(old_path, vectors, path, map_blocks=map_blocks, final_path=final_path)
         refine = np.load(refine_path, mmap_mode="r") if params.get("refine") else None
         searcher = BoundedIVF(path)
-        queries, exact = _recall_queries(all_vectors, rng)
-        recall = _ivf_recall(searcher, params, queries, exact, refine)
+        recall = _ivf_recall(searcher, params, recall_queries(all_vectors, rng), refine)
         if recall < TARGET_RECALL:
             log.info("recall@10 fell to %.3f with the added rows: tuning the search knobs again", recall)
             recall = _tune_ivf(searcher, IndexPlan(kind, params), params, all_vectors, rng, refine)
@@ -274,11 +269,11 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
             def search(q: np.ndarray, k: int, value: int):
                 faiss.downcast_index(index).hnsw.efSearch = value
                 return index.search(q, k)
-            queries, exact = _recall_queries(all_vectors, rng)
-            recall = recall_at_k(search(queries, exact.shape[1], params["efSearch"])[1], exact)
+            rq = recall_queries(all_vectors, rng)
+            recall = rq.recall(search(rq.queries, rq.width, params["efSearch"])[1])
             if recall < TARGET_RECALL:
                 log.info("recall@10 fell to %.3f with the added rows: tuning efSearch again", recall)
-                recall = _raise_until(search, exact, queries, EF_SEARCHES, params, "efSearch")
+                recall = _raise_until(search, rq, EF_SEARCHES, params, "efSearch")
             faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
         faiss.write_index(index, str(path))
         factory = type(faiss.downcast_index(index)).__name__
@@ -289,21 +284,18 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
     return out
 
 
-def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], queries: np.ndarray, exact: np.ndarray,
-                refine: np.ndarray | None) -> float:
+def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], rq: RecallQueries, refine: np.ndarray | None) -> float:
     """Recall@10 of an IVF index file at the knobs in ``params``."""
-
-    k = exact.shape[1]
 
     def configure(index: Any) -> None:
         if "quantizer_ef" in params:  # else the walk the file itself records, as a store searches it
             set_walk(index, params["quantizer_ef"])
 
     if refine is None:
-        return recall_at_k(searcher.search(queries, k, nprobe=params["nprobe"], configure=configure)[1], exact)
-    kk = min(searcher.ntotal, params["k_factor"] * k)
-    _, cand = searcher.search(queries, kk, nprobe=params["nprobe"], configure=configure)
-    return recall_at_k(rerank(refine, queries, cand, k)[1], exact)
+        return rq.recall(searcher.search(rq.queries, rq.width, nprobe=params["nprobe"], configure=configure)[1])
+    pool = min(searcher.ntotal, rq.pool(params["k_factor"]))
+    _, cand = searcher.search(rq.queries, pool, nprobe=params["nprobe"], configure=configure)
+    return rq.recall(rerank(refine, rq.queries, cand, rq.width)[1])
 
 
 def train_ivf(index: Any, vectors: ShardedMatrix | np.ndarray, *, rng: np.random.Generator) -> None:
@@ -370,8 +362,7 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
     per nprobe and efSearch: the refine stage reranks prefixes of its candidates (the first ``k_factor * k`` of
     more are exactly what a search for that many returns)."""
 
-    queries, exact = _recall_queries(vectors, rng)
-    k = exact.shape[1]
+    rq = recall_queries(vectors, rng)
     hnsw = params.get("quantizer") == "hnsw"
     best: tuple[float, int, int | None, int] = (-1.0, 0, None, 0)
     refine_rows = None if refine is None else Rows(refine)
@@ -385,15 +376,15 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
                     set_walk(index, ef)
 
             if refine_rows is None:
-                _, got = searcher.search(queries, k, nprobe=nprobe, configure=configure)
-                tried = [(None, recall_at_k(got, exact))]
+                _, got = searcher.search(rq.queries, rq.width, nprobe=nprobe, configure=configure)
+                tried = [(None, rq.recall(got))]
             else:
-                _, cand = searcher.search(queries, min(len(vectors), K_FACTORS[-1] * k), nprobe=nprobe,
+                _, cand = searcher.search(rq.queries, min(len(vectors), rq.pool(K_FACTORS[-1])), nprobe=nprobe,
                                           configure=configure)
                 tried = []
                 for kf in K_FACTORS:
-                    _, got = rerank(refine_rows, queries, cand[:, :kf * k], k)
-                    tried.append((kf, recall_at_k(got, exact)))
+                    _, got = rerank(refine_rows, rq.queries, cand[:, :rq.pool(kf)], rq.width)
+                    tried.append((kf, rq.recall(got)))
                     if tried[-1][1] >= TARGET_RECALL:
                         break
             kf, recall = tried[-1]
@@ -411,27 +402,14 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
     return recall
 
 
-def _raise_until(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], exact: np.ndarray,
-                 queries: np.ndarray, values: tuple[int, ...], params: dict[str, Any], knob: str) -> float:
+def _raise_until(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], rq: RecallQueries,
+                 values: tuple[int, ...], params: dict[str, Any], knob: str) -> float:
     """Raise ``knob`` through ``values`` until recall@10 >= TARGET_RECALL (or the last value)."""
     recall = 0.0
     for value in values:
-        _, got = search(queries, exact.shape[1], value)
-        recall = recall_at_k(got, exact)
+        _, got = search(rq.queries, rq.width, value)
+        recall = rq.recall(got)
         params[knob] = value
         if recall >= TARGET_RECALL:
             break
     return recall
-
-
-def _recall_queries(vectors: ShardedMatrix | np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Sampled stored vectors moved by random offsets of norm QUERY_NOISE, and their exact top-10 ids."""
-    n, d = vectors.shape
-    k = min(10, n)
-    q_idx = np.sort(rng.choice(n, size=min(RECALL_QUERIES, n), replace=False))
-    queries = np.asarray(vectors[q_idx], dtype=np.float32)
-    noise = rng.normal(size=queries.shape).astype(np.float32)
-    queries += QUERY_NOISE * noise / np.linalg.norm(noise, axis=1, keepdims=True)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    _, exact_ids = exact_knn(queries, vectors, k, block_rows=RECALL_BLOCK)
-    return queries, exact_ids

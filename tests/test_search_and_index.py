@@ -291,16 +291,16 @@ def test_the_refine_stage_reads_rows_without_making_the_file_resident(tmp_path, 
 
 
 def _seen_recall_queries(monkeypatch) -> dict:
-    """The build's recall queries and their exact top-10 ids, kept in the dict returned as the build makes them."""
+    """The build's recall queries (``RecallQueries``), kept under "rq" in the dict returned as the build makes them."""
     from nearest_prompt.indexer import faiss_index as fi
 
-    seen, real = {}, fi._recall_queries
+    seen, real = {}, fi.recall_queries
 
     def recall_queries(vectors, rng_):
-        seen["queries"], seen["exact"] = real(vectors, rng_)
-        return seen["queries"], seen["exact"]
+        seen["rq"] = real(vectors, rng_)
+        return seen["rq"]
 
-    monkeypatch.setattr(fi, "_recall_queries", recall_queries)
+    monkeypatch.setattr(fi, "recall_queries", recall_queries)
     return seen
 
 
@@ -308,8 +308,8 @@ def _recall_at_walk(searcher, seen, nprobe, ef):
     """Recall@10 of ``searcher`` (a BoundedIVF) on the build's recall queries at nprobe and the quantizer's efSearch."""
     from nearest_prompt.indexer.faiss_index import set_walk
 
-    got = searcher.search(seen["queries"], 10, nprobe=nprobe, configure=lambda ix: set_walk(ix, ef))[1]
-    return recall_at_k(got, seen["exact"])
+    rq = seen["rq"]
+    return rq.recall(searcher.search(rq.queries, rq.width, nprobe=nprobe, configure=lambda ix: set_walk(ix, ef))[1])
 
 
 def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(tmp_path, rng, monkeypatch):
