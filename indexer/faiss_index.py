@@ -55,7 +55,7 @@ TARGET_RECALL = 0.95
 KMEANS_ITERATIONS = 10  # coarse k-means; faiss's default 25 costs 2.5x for little recall
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REFINE_MIN_NPROBE = 8
-K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 EF_SEARCHES = (64, 128, 256, 512, 1024)
 # An HNSW quantizer's efSearch tried at each nprobe, as multiples of knobs.quantizer_ef(nprobe): where the graph
 # walk, not the lists probed, is what misses (centroids with little structure among them), a wider walk to few
