@@ -134,3 +134,17 @@ def cli_store_path(tmp_path_factory, clip_spec):
     out = tmp / "store"
     assert main(["build", "--prompts", str(corpus), "--out", str(out), "--clip", clip_spec, "-q"]) == 0
     return out
+
+
+def seen_recall_queries(monkeypatch) -> dict:
+    """The build's recall queries (``RecallQueries``), kept under "rq" in the dict returned as the build makes them."""
+    from nearest_prompt.indexer import faiss_index as fi
+
+    seen, real = {}, fi.recall_queries
+
+    def capture(vectors, rng_):
+        seen["rq"] = real(vectors, rng_)
+        return seen["rq"]
+
+    monkeypatch.setattr(fi, "recall_queries", capture)
+    return seen

@@ -9,7 +9,7 @@ from nearest_prompt.index_store.reader import read_index
 from nearest_prompt.indexer import faiss_index as fi
 from nearest_prompt.indexer.recall_queries import QUERY_NOISE, recall_queries, without_sources
 
-from .conftest import unit
+from .conftest import seen_recall_queries, unit
 
 
 def _clustered(rng, n, d, clusters):
@@ -57,13 +57,7 @@ def test_the_measure_drops_the_source_row_and_keeps_the_order_of_the_rest(rng):
 def test_the_recall_a_build_records_leaves_every_query_s_source_row_out(tmp_path, rng, monkeypatch):
     """An IVF-SQ8 build with an HNSW quantizer: its recorded recall@10 is what the opened index finds (11 ids,
     the source row dropped) of each tuning query's exact top-10 without its source row, by a numpy oracle."""
-    seen, real = {}, fi.recall_queries
-
-    def capture(vectors, rng_):
-        seen["rq"] = real(vectors, rng_)
-        return seen["rq"]
-
-    monkeypatch.setattr(fi, "recall_queries", capture)
+    seen = seen_recall_queries(monkeypatch)
     x = _clustered(rng, 12_000, 64, 30)
     base = fi.plan_index(12_000, 64, index_type="ivfsq8")
     plan = fi.IndexPlan("ivfsq8", {**base.params, "quantizer": "hnsw"})

@@ -13,7 +13,7 @@ from nearest_prompt.indexer.faiss_index import IVF_TYPES, build_index, plan_inde
 from nearest_prompt.indexer.shards import ShardedMatrix
 from nearest_prompt.retriever import search
 
-from .conftest import unit
+from .conftest import seen_recall_queries, unit
 
 
 def _shards(tmp_path, x, size):
@@ -290,20 +290,6 @@ def test_the_refine_stage_reads_rows_without_making_the_file_resident(tmp_path, 
     np.testing.assert_array_equal(Rows(view).take(ids[ids < 2900]), np.load(stored)[100:][ids[ids < 2900]])
 
 
-def _seen_recall_queries(monkeypatch) -> dict:
-    """The build's recall queries (``RecallQueries``), kept under "rq" in the dict returned as the build makes them."""
-    from nearest_prompt.indexer import faiss_index as fi
-
-    seen, real = {}, fi.recall_queries
-
-    def recall_queries(vectors, rng_):
-        seen["rq"] = real(vectors, rng_)
-        return seen["rq"]
-
-    monkeypatch.setattr(fi, "recall_queries", recall_queries)
-    return seen
-
-
 def _recall_at_walk(searcher, seen, nprobe, ef):
     """Recall@10 of ``searcher`` (a BoundedIVF) on the build's recall queries at nprobe and the quantizer's efSearch."""
     from nearest_prompt.indexer.faiss_index import set_walk
@@ -321,7 +307,7 @@ def test_hnsw_quantizer_tuning_takes_the_first_setting_that_reaches_the_target(t
     from nearest_prompt.indexer import faiss_index as fi
     from nearest_prompt.indexer.ivf_blocks import BoundedIVF
 
-    seen = _seen_recall_queries(monkeypatch)
+    seen = seen_recall_queries(monkeypatch)
     monkeypatch.setattr(fi, "quantizer_ef", lambda nprobe: nprobe)  # the narrowest walk: the graph misses lists
     centers = unit(rng.normal(size=(400, 96)))  # many near-orthogonal clusters: a hard graph to walk
     x = unit(centers[rng.integers(0, 400, 12_000)] + 0.5 * rng.normal(size=(12_000, 96)) / np.sqrt(96))
@@ -363,7 +349,7 @@ def test_extending_an_index_without_a_recorded_walk_measures_it_at_the_walk_its_
     walk = 3 * fi.quantizer_ef(info["params"]["nprobe"])  # not what knobs.quantizer_ef gives: the file's own
     fi._write_knobs(old, {**info["params"], "quantizer_ef": walk}, final_path=None)
     info["params"].pop("quantizer_ef")
-    seen = _seen_recall_queries(monkeypatch)
+    seen = seen_recall_queries(monkeypatch)
     new = tmp_path / "new" / "ivfsq8.faiss"
     new.parent.mkdir()
     extended = fi.extend_index(old, info, x[10_000:], path=new, all_vectors=x, seed=1)
