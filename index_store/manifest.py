@@ -30,6 +30,7 @@ class IndexInfo:
     dim: int | None = None
     ntotal: int | None = None
     recall_at_10: float | None = None
+    recall_at_10_low: float | None = None  # the lowest kind of tuning query's mean less 2 standard errors
     ram_bytes: int | None = None  # resident when searching: codes, ids, quantizer (version 3)
     disk_bytes: int | None = None  # the index's files, and the vectors a refine stage pages in per query
     imbalance: float | None = None  # IVF: faiss's imbalance factor of the lists now (1: all the same size)

@@ -12,8 +12,9 @@ the coarse quantizer is an HNSW graph over the centroids (faster assignment at b
 
 IVF is trained on a seeded random sample, never on the first rows. At build time the search knobs (``nprobe``,
 with ``k_factor`` for ivfpq, ``efSearch`` for HNSW) are raised until recall@10 against exact search reaches
-0.95 on sampled queries (stored vectors moved by a random offset of norm 0.5, each scored without the row it
-was made from: ``recall_queries``); they and the measured recall are recorded in the manifest.
+0.95 on sampled queries (stored vectors, as they are and moved by a random offset of norm 0.5, each scored
+without the row it was made from, and held to a lower confidence bound: ``recall_queries``); they and the
+measured recall are recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from nearest_prompt.index_store.knobs import quantizer_ef
 from nearest_prompt.index_store.refine import Rows, rerank
 
 from .ivf_blocks import BoundedIVF, MapBlocks, append_ondisk, imbalance, ivfdata_path, open_ivf, write_ondisk
-from .recall_queries import RecallQueries, recall_queries
+from .recall_queries import Recall, RecallQueries, recall_queries
 from .shards import ShardedMatrix, float_blocks
 
 log = logging.getLogger(__name__)
@@ -203,34 +204,35 @@ def build_index(vectors: ShardedMatrix | np.ndarray, plan: IndexPlan, *, path: s
                 return index.search(q, k)
             recall = _raise_until(search, recall_queries(vectors, rng), EF_SEARCHES, params, "efSearch")
         else:
-            recall = 1.0
+            recall = Recall(1.0, 1.0)
         faiss.write_index(index, str(path))
     info = _info(path, plan.type, params, type(faiss.downcast_index(index)).__name__, n, d, recall)
     if plan.type in IVF_TYPES:
         info["imbalance_at_training"] = info["imbalance"]
-    log.debug("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall)
+    log.debug("FAISS index %s %s over %d vectors (recall@10 %.3f)", plan.type, params, n, recall.mean)
     _warn_recall(plan.type, recall)
     return info
 
 
 def _info(path: str | Path, kind: str, params: dict[str, Any], factory: str, n: int, d: int,
-          recall: float) -> dict[str, Any]:
+          recall: Recall) -> dict[str, Any]:
     """The manifest entry of an index file written at ``path``."""
     files = [Path(path)] + ([ivfdata_path(path)] if kind in IVF_TYPES else [])
     plan = IndexPlan(kind, params)
     info = {"type": kind, "params": params, "factory": factory, "metric": "inner_product", "dim": d,
-            "ntotal": int(n), "recall_at_10": round(recall, 4), "ram_bytes": int(plan.estimated_bytes(n, d)),
+            "ntotal": int(n), "recall_at_10": round(recall.mean, 4), "recall_at_10_low": round(recall.low, 4),
+            "ram_bytes": int(plan.estimated_bytes(n, d)),
             "disk_bytes": int(sum(f.stat().st_size for f in files) + plan.disk_bytes(n, d))}
     if kind in IVF_TYPES:
         info["imbalance"] = round(imbalance(open_ivf(path)), 4)
     return info
 
 
-def _warn_recall(kind: str, recall: float) -> None:
-    if recall < TARGET_RECALL:
+def _warn_recall(kind: str, recall: Recall) -> None:
+    if not recall.reaches(TARGET_RECALL):
         finer = {"ivfpq": "ivfsq8 or ivf", "ivfsq8": "ivf"}.get(kind)
-        log.warning("the %s index reaches recall@10 %.3f only (target %.2f) at its widest search setting%s",
-                    kind, recall, TARGET_RECALL,
+        log.warning("the %s index reaches recall@10 %.3f (%.3f at its lower confidence bound) only (target %.2f) "
+                    "at its widest search setting%s", kind, recall.mean, recall.low, TARGET_RECALL,
                     f"; raise memory_budget_gb (--memory-budget) or choose index_type {finer}" if finer else "")
 
 
@@ -253,8 +255,8 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
         refine = np.load(refine_path, mmap_mode="r") if params.get("refine") else None
         searcher = BoundedIVF(path)
         recall = _ivf_recall(searcher, params, recall_queries(all_vectors, rng), refine)
-        if recall < TARGET_RECALL:
-            log.info("recall@10 fell to %.3f with the added rows: tuning the search knobs again", recall)
+        if not recall.reaches(TARGET_RECALL):
+            log.info("recall@10 fell to %.3f with the added rows: tuning the search knobs again", recall.mean)
             recall = _tune_ivf(searcher, IndexPlan(kind, params), params, all_vectors, rng, refine)
             _write_knobs(path, params, final_path=final_path)
         opened = open_ivf(path)  # kept alive while its inner index is looked at
@@ -264,15 +266,15 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
         index = faiss.read_index(str(old_path))
         for _, block in float_blocks(vectors, ADD_CHUNK):
             index.add(block)
-        recall = 1.0
+        recall = Recall(1.0, 1.0)
         if kind == "hnsw":
             def search(q: np.ndarray, k: int, value: int):
                 faiss.downcast_index(index).hnsw.efSearch = value
                 return index.search(q, k)
             rq = recall_queries(all_vectors, rng)
             recall = rq.recall(search(rq.queries, rq.width, params["efSearch"])[1])
-            if recall < TARGET_RECALL:
-                log.info("recall@10 fell to %.3f with the added rows: tuning efSearch again", recall)
+            if not recall.reaches(TARGET_RECALL):
+                log.info("recall@10 fell to %.3f with the added rows: tuning efSearch again", recall.mean)
                 recall = _raise_until(search, rq, EF_SEARCHES, params, "efSearch")
             faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
         faiss.write_index(index, str(path))
@@ -284,7 +286,7 @@ def extend_index(old_path: str | Path, info: dict[str, Any], vectors: ShardedMat
     return out
 
 
-def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], rq: RecallQueries, refine: np.ndarray | None) -> float:
+def _ivf_recall(searcher: BoundedIVF, params: dict[str, Any], rq: RecallQueries, refine: np.ndarray | None) -> Recall:
     """Recall@10 of an IVF index file at the knobs in ``params``."""
 
     def configure(index: Any) -> None:
@@ -356,15 +358,15 @@ def quantizer_efs(nprobe: int) -> list[int]:
 
 
 def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vectors: ShardedMatrix | np.ndarray,
-              rng: np.random.Generator, refine: np.ndarray | None) -> float:
+              rng: np.random.Generator, refine: np.ndarray | None) -> Recall:
     """The smallest nprobe (with an HNSW quantizer, the smallest of its efSearch steps at it; with a refine stage,
-    the smallest k_factor there) whose recall@10 reaches the target; else the best seen. One search of the lists
-    per nprobe and efSearch: the refine stage reranks prefixes of its candidates (the first ``k_factor * k`` of
-    more are exactly what a search for that many returns)."""
+    the smallest k_factor there) whose recall@10 reaches the target; else the best seen (by ``Recall.low``). One
+    search of the lists per nprobe and efSearch: the refine stage reranks prefixes of its candidates (the first
+    ``k_factor * k`` of more are exactly what a search for that many returns)."""
 
     rq = recall_queries(vectors, rng)
     hnsw = params.get("quantizer") == "hnsw"
-    best: tuple[float, int, int | None, int] = (-1.0, 0, None, 0)
+    best: tuple[Recall, int, int | None, int] = (Recall(-1.0, -1.0), 0, None, 0)
     refine_rows = None if refine is None else Rows(refine)
     # With a refine stage every candidate is a row read from disk: from 8 lists up, the first pass is good enough
     # that k_factor stays small; without one, from a single list up.
@@ -385,14 +387,14 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
                 for kf in K_FACTORS:
                     _, got = rerank(refine_rows, rq.queries, cand[:, :rq.pool(kf)], rq.width)
                     tried.append((kf, rq.recall(got)))
-                    if tried[-1][1] >= TARGET_RECALL:
+                    if tried[-1][1].reaches(TARGET_RECALL):
                         break
             kf, recall = tried[-1]
-            if recall > best[0]:
+            if recall.low > best[0].low:
                 best = (recall, nprobe, kf, ef)
-            if recall >= TARGET_RECALL:
+            if recall.reaches(TARGET_RECALL):
                 break
-        if best[0] >= TARGET_RECALL:
+        if best[0].reaches(TARGET_RECALL):
             break
     recall, params["nprobe"], kf, ef = best
     if hnsw:
@@ -403,13 +405,13 @@ def _tune_ivf(searcher: BoundedIVF, plan: IndexPlan, params: dict[str, Any], vec
 
 
 def _raise_until(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], rq: RecallQueries,
-                 values: tuple[int, ...], params: dict[str, Any], knob: str) -> float:
-    """Raise ``knob`` through ``values`` until recall@10 >= TARGET_RECALL (or the last value)."""
-    recall = 0.0
+                 values: tuple[int, ...], params: dict[str, Any], knob: str) -> Recall:
+    """Raise ``knob`` through ``values`` until recall@10 reaches TARGET_RECALL (or the last value)."""
+    recall = Recall(0.0, 0.0)
     for value in values:
         _, got = search(rq.queries, rq.width, value)
         recall = rq.recall(got)
         params[knob] = value
-        if recall >= TARGET_RECALL:
+        if recall.reaches(TARGET_RECALL):
             break
     return recall

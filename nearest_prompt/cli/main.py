@@ -389,6 +389,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         *[line for name, info in m.spaces.items() for line in _space_lines(name, info, store.rows)],
         f"MiniLM        {mini.model}  (dim {mini.dim}, max tokens {mini.max_seq_length})",
         *[f"{space + ' index':<14}{ix.type} ({ix.factory}) {ix.params or ''}  recall@10 vs exact {ix.recall_at_10}"
+          + (f" (lower bound {ix.recall_at_10_low})" if ix.recall_at_10_low is not None else "")
           + (f"; {ix.ram_bytes / max(store.rows, 1):,.0f} B of memory and {ix.disk_bytes / max(store.rows, 1):,.0f} B "
              "of disk a prompt" if ix.ram_bytes is not None else "")
           for space, ix in m.indexes.items()],
