@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nearest_prompt.common.topk import exact_knn, recall_at_k
+from nearest_prompt.common.topk import exact_knn, recall_each
 
 from .shards import ShardedMatrix
 
@@ -68,11 +68,10 @@ class RecallQueries:
         """Recall@k of ``found`` (ids [q, >= k], best first) with each query's source row dropped."""
         if self.k == 0:
             return Recall(1.0, 1.0)
-        got = without_sources(found, self.sources, self.k)
-        each = (got[:, :, None] == self.exact[:, None, :]).any(axis=1).mean(axis=1)  # per query
-        low = min(float(each[self.kinds == kind].mean() - CONFIDENCE_Z * each[self.kinds == kind].std()
-                        / np.sqrt((self.kinds == kind).sum())) for kind in np.unique(self.kinds))
-        return Recall(recall_at_k(got, self.exact), low)
+        each = recall_each(without_sources(found, self.sources, self.k), self.exact)
+        low = min(float(r.mean() - CONFIDENCE_Z * r.std() / np.sqrt(len(r)))
+                  for r in (each[self.kinds == kind] for kind in np.unique(self.kinds)))
+        return Recall(float(each.mean()), low)
 
 
 def without_sources(found: np.ndarray, sources: np.ndarray, k: int) -> np.ndarray:

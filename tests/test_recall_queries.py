@@ -103,3 +103,17 @@ def test_a_target_is_held_to_each_kind_of_query_less_two_standard_errors(rng):
     assert got.mean == pytest.approx(each.mean(), abs=1e-9)
     assert got.low == pytest.approx(min(bounds), abs=1e-9) and bounds[1] < bounds[0]
     assert got.reaches(got.low) and not got.reaches(got.low + 1e-6) and got.low < got.mean
+
+
+def test_recall_at_k_is_faiss_contribs_intersection_measure_and_the_mean_of_its_terms(rng):
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    from nearest_prompt.common.topk import recall_at_k, recall_each
+
+    exact = np.stack([rng.choice(50, 10, replace=False) for _ in range(200)])
+    got = np.stack([rng.choice(50, 10, replace=False) for _ in range(200)])
+    got[::4, 6:] = -1  # padding, as faiss returns it
+    assert recall_at_k(got, exact) == pytest.approx(knn_intersection_measure(got, exact), abs=1e-12)
+    np.testing.assert_allclose(recall_each(got, exact), [len(set(g) & set(e)) / 10 for g, e in zip(got, exact)])
+    with pytest.raises(ValueError, match="equal shapes"):
+        recall_each(got[:, :9], exact)

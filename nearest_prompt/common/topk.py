@@ -2,7 +2,8 @@
 
 ``exact_knn`` scans ``vectors`` (a numpy array or anything with ``len`` and row slices, such as
 ``indexer.shards.ShardedMatrix``) ``block_rows`` rows at a time, so memory is queries x block
-whatever the matrix size. ``recall_at_k`` is faiss contrib's intersection measure.
+whatever the matrix size. ``recall_at_k`` is faiss contrib's intersection measure
+(``knn_intersection_measure``), the mean of ``recall_each``'s per-query terms.
 """
 
 from __future__ import annotations
@@ -46,8 +47,15 @@ def exact_knn(queries: np.ndarray, vectors: Any, k: int, *, block_rows: int = 16
     return best_s, best_i
 
 
+def recall_each(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Per query (row), the fraction of its exact top-k ids found in ``got``: the ids the two rows share (as a
+    set) over k. ``got`` and ``exact`` are id tables of the same shape [n, k]."""
+    got, exact = np.asarray(got), np.asarray(exact)
+    if got.shape != exact.shape:
+        raise ValueError(f"id tables of shapes {got.shape} and {exact.shape}: recall compares equal shapes")
+    return np.array([np.intersect1d(g, e).size for g, e in zip(got, exact, strict=True)], float) / exact.shape[1]
+
+
 def recall_at_k(got: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of the exact top-k ids found in ``got`` (faiss contrib's intersection measure)."""
-    from faiss.contrib.evaluation import knn_intersection_measure
-
-    return float(knn_intersection_measure(np.asarray(got), np.asarray(exact)))
+    return float(recall_each(got, exact).mean())
