@@ -3,7 +3,7 @@
 vectors kept on disk in float16 and cut to the best ``k``. What faiss's ``IndexRefine`` does, over a file of
 the store's own instead of a second faiss index held in memory.
 
-The candidate rows are read with ``preadv`` from the file under the store's memory map (``Rows``), not through
+The candidate rows are read with ``pread`` from the file under the store's memory map (``Rows``), not through
 the map: through a map the kernel also maps the cached pages around each row into the process (fault-around),
 so after a thousand queries at 10M rows most of a 15 GB file counts as the process's resident memory. Read
 that way, the rows pass through a buffer and the file's pages stay in the page cache only.
@@ -14,22 +14,23 @@ from __future__ import annotations
 import mmap
 import os
 import weakref
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
-REFINE_CHUNK = 64  # queries whose candidate rows are gathered at once (64 x 100 x 1024 floats: 26 MB)
+REFINE_CHUNK_BYTES = 32 << 20  # candidate rows gathered at once: as many queries' as fit (at least one query's)
 
 
 class Rows:
     """Rows of a matrix [rows, d] by id. Over a read-only memory map of a whole .npy file (``np.load(path,
-    mmap_mode="r")``) each row is read with ``preadv`` from that file, opened once here (so the rows stay those of
+    mmap_mode="r")``) each row is read with ``pread`` from that file, opened once here (so the rows stay those of
     the file the map was opened on); over any other array, by indexing it."""
 
     def __init__(self, vectors: np.ndarray):
         self.vectors, self.shape, self.dtype = vectors, vectors.shape, vectors.dtype
         self._fd = None
-        if _whole_file_map(vectors) and hasattr(os, "preadv"):
+        if _whole_file_map(vectors) and hasattr(os, "pread"):
             fd = os.open(vectors.filename, os.O_RDONLY)
             if os.fstat(fd).st_size < vectors.offset + vectors.nbytes:  # the file is not the mapped one any more
                 os.close(fd)
@@ -44,15 +45,13 @@ class Rows:
         unique, inverse = np.unique(ids, return_inverse=True)  # file order, each row read once
         if self._fd is None:
             return np.asarray(self.vectors[unique])[inverse.ravel()]
-        fd, size, start = self._fd, self._row_bytes, self.vectors.offset
-        out = np.empty((len(unique), *self.shape[1:]), dtype=self.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        read = 0
-        for i, row in enumerate(unique.tolist()):  # straight into the buffer: no bytes object a row
-            read += os.preadv(fd, [view[i * size:(i + 1) * size]], start + row * size)
-        if read != len(unique) * size:
+        size, count = self._row_bytes, len(unique)
+        offsets = (self.vectors.offset + unique * size).tolist()
+        # one pread a row, the loop in C (map): a system call a row is the cost, not Python's work around it
+        data = b"".join(map(os.pread, repeat(self._fd, count), repeat(size, count), offsets))
+        if len(data) != count * size:
             raise OSError(f"{self.vectors.filename} is shorter than its header says: rows past its end were asked for")
-        return out[inverse.ravel()]
+        return np.frombuffer(data, dtype=self.dtype).reshape(count, *self.shape[1:])[inverse.ravel()]
 
 
 def _whole_file_map(vectors: np.ndarray) -> bool:
@@ -100,10 +99,30 @@ def exact_scores(vectors: np.ndarray | Rows, queries: np.ndarray, cand: np.ndarr
     q = np.ascontiguousarray(queries, dtype=np.float32)
     d, kk = rows.shape[1], cand.shape[1]
     out = np.full((len(q), kk), -np.inf, dtype=np.float32)
-    for s in range(0, len(q), REFINE_CHUNK):
-        c = cand[s:s + REFINE_CHUNK]
+    chunk = max(1, REFINE_CHUNK_BYTES // max(1, kk * d * rows.dtype.itemsize))
+    for s in range(0, len(q), chunk):
+        c = cand[s:s + chunk]
         valid = c >= 0
-        vecs = rows.take(np.where(valid, c, 0).ravel()).astype(np.float32, copy=False)
-        exact = np.einsum("qd,qkd->qk", q[s:s + REFINE_CHUNK], vecs.reshape(len(c), kk, d))
-        out[s:s + len(c)] = np.where(valid, exact, -np.inf)
+        vecs = rows.take(np.where(valid, c, 0).ravel()).reshape(len(c), kk, d)
+        out[s:s + len(c)] = np.where(valid, _inner_products(q[s:s + len(c)], vecs), -np.inf)
+    return out
+
+
+def _inner_products(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 [n, kk]: each query [n, d] with its own rows [n, kk, d]. Float16 rows are scored by faiss's fp16
+    scalar-quantizer kernels, whose codes are the rows' bytes as they are (numpy's float16 to float32 cast alone
+    costs three times as much); other rows by numpy."""
+    if rows.dtype != np.float16:
+        return np.einsum("qd,qkd->qk", queries, rows.astype(np.float32, copy=False))
+    import faiss
+
+    n, kk, d = rows.shape
+    scorer = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    codes = np.ascontiguousarray(rows).view(np.uint8)
+    out = np.empty((n, kk), dtype=np.float32)
+    for i in range(n):
+        scorer.reset()
+        scorer.add_sa_codes(codes[i])
+        scores, pos = scorer.search(queries[i:i + 1], kk)
+        out[i, pos[0]] = scores[0]
     return out

@@ -6,7 +6,8 @@ a block at a time with faiss's own parts (``ivf_blocks``): ``ivf`` (IVF-Flat, ``
 ``k_factor * k`` best candidates are scored again exactly against float16 vectors kept on disk:
 ``index_store.refine``). ``auto`` picks exact search up to 100,000 vectors and, above that, the first of
 ivf, ivfsq8, ivfpq whose resident bytes (codes, ids, quantizer) fit the memory budget; ivfpq takes the most
-bytes a code that fits (``d/8``, ``d/16``, ``d/32``). IVF has ``nlist`` = 4 sqrt(n) lists (faiss's guideline
+bytes a code that fits (``d/4``, ``d/8``, ``d/16``, ``d/32``): finer codes rank the candidates better, so the
+refine stage reads fewer rows from disk a query. IVF has ``nlist`` = 4 sqrt(n) lists (faiss's guideline
 for this range), at most what a k-means sample of ``MAX_TRAIN_BYTES`` trains; from ``HNSW_MIN_NLIST`` lists
 the coarse quantizer is an HNSW graph over the centroids (faster assignment at build and at search).
 
@@ -63,7 +64,7 @@ EF_SEARCHES = (64, 128, 256, 512, 1024)
 # lists costs less than probing more lists at the narrow walk, which misses as much.
 QUANTIZER_EF_STEPS = (1, 1.5, 2)
 BUILD_EF_SEARCH = 128  # the HNSW quantizer's efSearch while rows are assigned to lists
-PQ_DIVISORS = (8, 16, 32)  # ivfpq's bytes a code: d/8 when it fits the budget, else d/16, d/32
+PQ_DIVISORS = (4, 8, 16, 32)  # ivfpq's bytes a code: d/4 when it fits the budget, else d/8, d/16, d/32
 
 
 @dataclass(frozen=True)

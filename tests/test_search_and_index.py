@@ -91,7 +91,8 @@ def test_auto_plan_by_size_and_budget():
     assert plan_index(500_000, 1024, memory_budget_gb=4).type == "ivf"
     assert plan_index(2_000_000, 1024, memory_budget_gb=4).type == "ivfsq8"
     pq = plan_index(2_000_000, 1024, memory_budget_gb=1)
-    assert pq.type == "ivfpq" and pq.params["m"] == 128 and pq.params["refine"] == "float16"  # d/8 bytes fit
+    assert pq.type == "ivfpq" and pq.params["m"] == 256 and pq.params["refine"] == "float16"  # d/4 bytes fit
+    assert plan_index(2_000_000, 1024, memory_budget_gb=0.5).params["m"] == 128  # d/4 does not, d/8 does
     assert plan_index(20_000_000, 768, memory_budget_gb=1).params["m"] == 24  # d/32: only that fits
     for n, d, budget in [(500_000, 1024, 4), (2_000_000, 1024, 4), (2_000_000, 384, 1), (10_000_000, 1024, 3),
                          (10_000_000, 768, 3)]:
