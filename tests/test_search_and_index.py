@@ -254,6 +254,35 @@ def test_the_refine_stage_rescores_exactly(tmp_path, rng):
     assert info["ram_bytes"] < 3000 * 32 * 4 and info["disk_bytes"] > 3000 * 32 * 2
 
 
+@pytest.mark.parametrize("chunk_queries", [1, 3, 1000])
+def test_exact_scores_of_candidates_equal_an_oracle_whatever_the_chunking(chunk_queries, tmp_path, rng, monkeypatch):
+    """Each query's candidate rows scored exactly: float16 rows (faiss's fp16 kernels, over a mapped file or an
+    array) and float32 rows (numpy) against a float64 oracle; -1 candidates score -inf; a row may be any
+    query's candidate, in any place, and chunks of queries change nothing."""
+    from nearest_prompt.index_store import refine
+
+    x = unit(rng.normal(size=(500, 48)))
+    np.save(tmp_path / "v.npy", x.astype(np.float16))
+    q = unit(rng.normal(size=(7, 48)))
+    cand = rng.integers(0, 500, (7, 40))
+    cand[2, 5:] = -1
+    cand[4, :] = 17  # one row, every place
+    cand[6, -1] = -1
+    monkeypatch.setattr(refine, "REFINE_CHUNK_BYTES", chunk_queries * 40 * 48 * 2)
+    for vectors, dtype in [(np.load(tmp_path / "v.npy", mmap_mode="r"), np.float16),
+                           (np.load(tmp_path / "v.npy"), np.float16), (x.astype(np.float32), np.float32)]:
+        rows = x.astype(dtype).astype(np.float64)
+        want = np.where(cand >= 0, np.einsum("qd,qkd->qk", q.astype(np.float64), rows[np.maximum(cand, 0)]), -np.inf)
+        got = refine.exact_scores(vectors, q, cand)
+        assert got.dtype == np.float32 and got.shape == cand.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert np.array_equal(np.isinf(got), cand < 0)
+        scores, ids = refine.rerank(vectors, q, cand, 10)
+        best = np.argsort(-want, axis=1, kind="stable")[:, :10]
+        np.testing.assert_array_equal(ids, np.where(np.isfinite(np.take_along_axis(want, best, 1)),
+                                                    np.take_along_axis(cand, best, 1), -1))
+
+
 def _mapped_rss_kib(path: Path) -> int:
     """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
     total, inside = 0, False
